@@ -1,0 +1,17 @@
+"""Error types that name the bad input and the fix. Raised before any expensive work."""
+
+
+class JaxalignError(ValueError):
+    """Base class: a user-facing problem with an input, a config or a file."""
+
+
+class CheckpointError(JaxalignError):
+    """A model directory, config.json or safetensors file that jaxalign cannot use."""
+
+
+class ConfigError(JaxalignError):
+    """An invalid configuration value or combination."""
+
+
+class TokenizerError(JaxalignError):
+    """A tokenizer or chat template that does not fit its model or its partner model."""

@@ -1,0 +1,226 @@
+"""Qwen3 dense decoder as pure functions over a params pytree.
+
+Why pure functions and not ``flax.nnx`` modules: the sampling engine jit-compiles whole decode
+loops, donates cache buffers and shards params and batch with ``jax.sharding``. All of that wants
+plain pytrees in and out. ``nnx.jit`` walks the object graph in Python on every call, and module
+state would have to be split and merged around every ``while_loop``. The containers below are
+``flax.struct`` dataclasses, so they are pytrees with named, typed fields.
+
+Axis letters used in shapes and einsums:
+  B batch, T new tokens, S cache slots, D hidden, N query heads, K kv heads, G = N // K query heads
+  per kv head, H head_dim, F mlp hidden, V vocabulary.
+
+Numerics: params (and the residual stream) are bf16 or fp32. RMSNorm statistics, RoPE angles,
+attention softmax and the final logits are always fp32. With fp32 params every matmul runs at
+``Precision.HIGHEST``, so fp32 means fp32 on GPUs too (not TF32).
+
+The KV cache is left-padded with one write index shared by the batch: row ``b`` holds valid keys in
+slots ``[start[b], end)``, and a step of T tokens writes slots ``[end, end + T)``. Writing is then
+one ``dynamic_update_slice``, not a scatter. Example, B=2, S=6, after a 3-token prefill where row 1
+had a 2-token prompt (one pad)::
+
+    slot      0  1  2  3  4  5
+    row 0     a  b  c  .  .  .    start=0
+    row 1     _  x  y  .  .  .    start=1        end=3
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxalign.models.config import Qwen3Config
+
+Array = jax.Array
+_MASKED = float(jnp.finfo(jnp.float32).min)
+
+
+@flax.struct.dataclass
+class Attention:
+    q: Array  # [D, N, H]
+    k: Array  # [D, K, H]
+    v: Array  # [D, K, H]
+    o: Array  # [N, H, D]
+    q_norm: Array  # [H]
+    k_norm: Array  # [H]
+    q_bias: Optional[Array] = None  # [N, H], only when config.attention_bias
+    k_bias: Optional[Array] = None  # [K, H]
+    v_bias: Optional[Array] = None  # [K, H]
+    o_bias: Optional[Array] = None  # [D]
+
+
+@flax.struct.dataclass
+class Layer:
+    attn_norm: Array  # [D]
+    attn: Attention
+    mlp_norm: Array  # [D]
+    gate: Array  # [D, F]
+    up: Array  # [D, F]
+    down: Array  # [F, D]
+
+
+@flax.struct.dataclass
+class Qwen3Params:
+    embed: Array  # [V, D]
+    layers: tuple[Layer, ...]
+    final_norm: Array  # [D]
+    lm_head: Optional[Array] = None  # [D, V]; None when the embeddings are tied
+
+    @property
+    def dtype(self):
+        return self.embed.dtype
+
+
+@flax.struct.dataclass
+class KVCache:
+    k: tuple[Array, ...]  # per layer [B, S, K, H]
+    v: tuple[Array, ...]  # per layer [B, S, K, H]
+    start: Array  # [B] int32: first valid slot of each row (left padding)
+    end: Array  # [] int32: one past the last written slot, shared by all rows
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[1]
+
+
+def init_cache(cfg: Qwen3Config, batch: int, max_len: int, dtype=jnp.bfloat16, start=None) -> KVCache:
+    """An empty cache of ``max_len`` slots. ``start`` [B] int32 marks left padding (default 0)."""
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
+    return KVCache(k=zeros, v=tuple(jnp.zeros_like(z) for z in zeros), start=start, end=jnp.int32(0))
+
+
+def _precision(dtype):
+    return lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
+
+
+def rms_norm(x: Array, weight: Array, eps: float) -> Array:
+    """RMSNorm over the last axis, statistics in fp32, as transformers' Qwen3RMSNorm.
+
+    x: [..., C] any float dtype; weight: [C]. Returns [..., C] in weight's dtype.
+    """
+    xf = x.astype(jnp.float32)
+    xf = xf * lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight * xf.astype(x.dtype)
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary embedding in the "rotate half" layout of transformers, angles in fp32.
+
+    x: [B, T, heads, H]; positions: [B, T] int. Returns x's shape and dtype.
+    """
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def _attention(
+    layer: Attention, cfg: Qwen3Config, x: Array, positions: Array, k_cache: Array, v_cache: Array,
+    start: Array, end: Array,
+) -> tuple[Array, Array, Array]:
+    """One attention block over T new tokens appended to the cache at slot ``end``.
+
+    x: [B, T, D]; positions: [B, T] int32 RoPE positions; k_cache, v_cache: [B, S, K, H];
+    start: [B] int32; end: [] int32. Returns (out [B, T, D], new k_cache, new v_cache).
+    """
+    prec = _precision(x.dtype)
+    batch, steps, _ = x.shape
+    q = jnp.einsum("btd,dnh->btnh", x, layer.q, precision=prec)
+    k = jnp.einsum("btd,dkh->btkh", x, layer.k, precision=prec)
+    v = jnp.einsum("btd,dkh->btkh", x, layer.v, precision=prec)
+    if layer.q_bias is not None:
+        q, k, v = q + layer.q_bias, k + layer.k_bias, v + layer.v_bias
+    q = rope(rms_norm(q, layer.q_norm, cfg.rms_norm_eps), positions, cfg.rope_theta)
+    k = rope(rms_norm(k, layer.k_norm, cfg.rms_norm_eps), positions, cfg.rope_theta)
+
+    k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, end, 0, 0))
+    v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, end, 0, 0))
+
+    q = q.reshape(batch, steps, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
+    scores = jnp.einsum(
+        "btkgh,bskh->bkgts", q, k_cache, precision=prec, preferred_element_type=jnp.float32
+    ) * (cfg.head_dim**-0.5)
+    key_slot = jnp.arange(k_cache.shape[1])[None, :]  # [1, S]
+    query_slot = end + jnp.arange(steps)[:, None]  # [T, 1]
+    visible = (key_slot[None] >= start[:, None, None]) & (key_slot[None] <= query_slot[None])  # [B,T,S]
+    scores = jnp.where(visible[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache, precision=prec)
+    out = out.reshape(batch, steps, cfg.num_heads, cfg.head_dim)
+    out = jnp.einsum("btnh,nhd->btd", out, layer.o, precision=prec)
+    if layer.o_bias is not None:
+        out = out + layer.o_bias
+    return out, k_cache, v_cache
+
+
+def _mlp(layer: Layer, x: Array) -> Array:
+    """SwiGLU MLP. x: [B, T, D] -> [B, T, D]."""
+    prec = _precision(x.dtype)
+    gate = jnp.einsum("btd,df->btf", x, layer.gate, precision=prec)
+    up = jnp.einsum("btd,df->btf", x, layer.up, precision=prec)
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, layer.down, precision=prec)
+
+
+def forward_hidden(
+    params: Qwen3Params, cfg: Qwen3Config, tokens: Array, positions: Array, cache: KVCache
+) -> tuple[Array, KVCache]:
+    """Runs T new tokens through the decoder, appending their keys and values to ``cache``.
+
+    tokens: [B, T] int32; positions: [B, T] int32 RoPE positions (normally slot - cache.start).
+    Returns (final-normed hidden states [B, T, D] in the params dtype, cache with end += T).
+    Layers are unrolled on purpose: XLA does not hoist stacked-weight slicing out of a decode
+    ``while_loop`` on GPU.
+    """
+    x = params.embed[tokens]
+    new_k, new_v = [], []
+    for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
+        attn, k_cache, v_cache = _attention(
+            layer.attn, cfg, rms_norm(x, layer.attn_norm, cfg.rms_norm_eps), positions,
+            k_cache, v_cache, cache.start, cache.end,
+        )
+        x = x + attn
+        x = x + _mlp(layer, rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps))
+        new_k.append(k_cache)
+        new_v.append(v_cache)
+    hidden = rms_norm(x, params.final_norm, cfg.rms_norm_eps)
+    cache = cache.replace(k=tuple(new_k), v=tuple(new_v), end=cache.end + tokens.shape[1])
+    return hidden, cache
+
+
+def logits_from_hidden(params: Qwen3Params, hidden: Array) -> Array:
+    """Projects hidden states onto the vocabulary in fp32. hidden: [..., D] -> [..., V] float32.
+
+    Call it only at the positions you need: at Qwen3's 151,936 tokens a full [B, T, V] is huge.
+    """
+    prec = _precision(hidden.dtype)
+    if params.lm_head is None:
+        return jnp.einsum(
+            "...d,vd->...v", hidden, params.embed, precision=prec, preferred_element_type=jnp.float32
+        )
+    return jnp.einsum(
+        "...d,dv->...v", hidden, params.lm_head, precision=prec, preferred_element_type=jnp.float32
+    )
+
+
+def forward(params: Qwen3Params, cfg: Qwen3Config, tokens: Array, start: Optional[Array] = None) -> Array:
+    """Full causal forward without a persistent cache: logits at every position.
+
+    tokens: [B, T] int32, left-padded; start: [B] int32 count of left pads per row (default 0).
+    Returns float32 logits [B, T, V]; rows' padded positions hold meaningless values.
+    """
+    batch, steps = tokens.shape
+    start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
+    cache = init_cache(cfg, batch, steps, params.dtype, start)
+    positions = jnp.maximum(jnp.arange(steps)[None, :] - start[:, None], 0)
+    hidden, _ = forward_hidden(params, cfg, tokens, positions, cache)
+    return logits_from_hidden(params, hidden)
