@@ -1,0 +1,43 @@
+"""The Policy protocol: anything that can sample completions and score next-token distributions.
+
+The pipeline talks only to this protocol. Two families implement it: FlaxPolicy (Qwen3 with the
+KV-cache engine) and :class:`jaxalign.exact.TabularPolicy` (a synthetic LM with exact answers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleBatch:
+    """Completions of several prefixes.
+
+    tokens: [B, T] int64 new tokens after each prefix, padded with -1 past ``lengths``.
+    lengths: [B] int64 number of valid tokens (including the EOS, if one was reached).
+    prefix_index: [B] int64 which input prefix each row continues.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    prefix_index: np.ndarray
+
+
+class Policy(Protocol):
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+
+    def sample(
+        self, prefixes: Sequence[np.ndarray], n: int | Sequence[int], max_new_tokens: int,
+        temperature: float, key: jax.Array,
+    ) -> SampleBatch:
+        """``n`` (or n[i]) completions of each response prefix, to EOS or ``max_new_tokens``."""
+        ...
+
+    def next_token_logprobs(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """log P(. | prompt + response[:pos]) for each pos in ``positions``: [len(positions), V] float32."""
+        ...
