@@ -82,9 +82,10 @@ class TabularPolicy:
     def probs(self, prefix: Prefix) -> np.ndarray:
         return np.exp(self.logprobs(prefix))
 
-    def sample(self, prefixes: Sequence[np.ndarray], n: int | Sequence[int], max_new_tokens: int,
+    def sample(self, prompt, prefixes: Sequence[np.ndarray], n: int | Sequence[int], max_new_tokens: int,
                temperature: float, key: jax.Array) -> SampleBatch:
-        """Completions to EOS, ``max_len`` or ``max_new_tokens``; temperature 0 means greedy."""
+        """Completions to EOS, ``max_len`` or ``max_new_tokens``; temperature 0 means greedy.
+        The prompt is implicit in a tabular policy and ignored."""
         counts = [int(n)] * len(prefixes) if np.ndim(n) == 0 else [int(c) for c in n]
         if len(counts) != len(prefixes):
             raise JaxalignError(f"{len(prefixes)} prefixes but {len(counts)} counts")
@@ -162,6 +163,21 @@ class ExactPolicy(TabularPolicy):
         """Exact P_succ after each next token: [V] float64."""
         prefix = tuple(int(t) for t in prefix)
         return np.array([self.success_prob(prefix + (k,)) for k in range(self.vocab_size)])
+
+    def expected_return(self, teacher: TabularPolicy, prefix: Sequence[int], memo: dict | None = None) -> float:
+        """Exact E[Σ_{t' >= t} (log q - log p)(o_t') | prefix] under the student: MiniLLM's
+        reward-to-go from ``prefix``, by enumeration. Pass one ``memo`` dict per teacher to reuse."""
+        prefix = _as_prefix(prefix)
+        memo = {} if memo is None else memo
+        if self.is_finished(prefix):
+            return 0.0
+        found = memo.get(prefix)
+        if found is None:
+            logp, logq = self.logprobs(prefix), teacher.logprobs(prefix)
+            found = float(sum(np.exp(logp[k]) * (logq[k] - logp[k] + self.expected_return(teacher, prefix + (k,), memo))
+                              for k in range(self.vocab_size)))
+            memo[prefix] = found
+        return found
 
     def tilted_teacher(self, beta: float) -> TabularPolicy:
         """A teacher tilted toward success (beta > 0) or away from it (beta < 0)."""

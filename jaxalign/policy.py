@@ -32,10 +32,14 @@ class Policy(Protocol):
     eos_token_ids: tuple[int, ...]
 
     def sample(
-        self, prefixes: Sequence[np.ndarray], n: int | Sequence[int], max_new_tokens: int,
-        temperature: float, key: jax.Array,
+        self, prompt: np.ndarray, prefixes: Sequence[np.ndarray], n: int | Sequence[int],
+        max_new_tokens: int, temperature: float, key: jax.Array,
     ) -> SampleBatch:
-        """``n`` (or n[i]) completions of each response prefix, to EOS or ``max_new_tokens``."""
+        """``n`` (or n[i]) completions of prompt + each response prefix, to EOS or the limit.
+
+        prompt: [Lp] int token ids of the rendered chat prompt; prefixes: response-token prefixes.
+        temperature 0 means greedy. Row r's tokens depend only on (key, r), never on its neighbours.
+        """
         ...
 
     def next_token_logprobs(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ def initial_tree(policy: ExactPolicy, seed: int, n_initial: int = 2000, include_
                  count_ancestors: bool = False) -> Built:
     """Initial rollouts from the root; 2 correct + 2 incorrect of them become the paths."""
     key = jax.random.key(seed)
-    init = policy.sample([np.zeros(0, np.int64)], n_initial, policy.max_len, 1.0, jax.random.fold_in(key, 0))
+    init = policy.sample(None, [np.zeros(0, np.int64)], n_initial, policy.max_len, 1.0, jax.random.fold_in(key, 0))
     ok = policy.grade((), init)
     chosen = np.concatenate([np.flatnonzero(ok)[:2], np.flatnonzero(~ok)[:2]])
     tree = RolloutTree.from_paths([init.tokens[i, : init.lengths[i]] for i in chosen], ok[chosen])
@@ -48,7 +48,7 @@ def enrich(built: Built, n_min: int, tau: float = 0.02, round_: int = 0) -> Buil
                 continue
             start = prefix + (int(token),)
             key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(built.key, 1 + round_), node), int(token))
-            batch = policy.sample([np.array(start)], n_min - have, policy.max_len, 1.0, key)
+            batch = policy.sample(None, [np.array(start)], n_min - have, policy.max_len, 1.0, key)
             tree.add_rollouts(batch.tokens, batch.lengths, policy.grade(start, batch), start=(node, int(token)),
                               count_ancestors=built.count_ancestors)
             built.rollouts += n_min - have

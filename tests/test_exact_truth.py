@@ -27,7 +27,7 @@ def built(seed: int):
 
 def test_exact_p_succ_matches_monte_carlo_at_the_root():
     pol = policy(0)
-    batch = pol.sample([np.zeros(0, np.int64)], 4000, pol.max_len, 1.0, jax.random.key(11))
+    batch = pol.sample(None, [np.zeros(0, np.int64)], 4000, pol.max_len, 1.0, jax.random.key(11))
     wins = pol.grade((), batch)
     assert abs(wins.mean() - pol.success_prob(())) < 4 * wins.std() / np.sqrt(len(wins))
     probs = pol.probs(())
@@ -115,7 +115,7 @@ def test_monte_carlo_estimators_are_unbiased_at_a_node():
     batches = 60
     grads = {"drgrpo": [], "single": []}
     for i in range(batches):
-        draw = pol.sample([np.zeros(0, np.int64)], 200, pol.max_len, 1.0, jax.random.key(100 + i))
+        draw = pol.sample(None, [np.zeros(0, np.int64)], 200, pol.max_len, 1.0, jax.random.key(100 + i))
         wins = pol.grade((), draw)
         first = draw.tokens[:, 0]
         visits = np.bincount(first, minlength=vocab).astype(float)
@@ -133,3 +133,29 @@ def test_monte_carlo_estimators_are_unbiased_at_a_node():
         assert np.all(np.abs(values.mean(0) - expected[name]) < 4 * stderr + 1e-6), name
         mean = values.mean(0)
         assert mean @ expected[name] / np.linalg.norm(mean) / np.linalg.norm(expected[name]) > 0.98, name
+
+
+def test_minillm_monte_carlo_matches_its_exact_expectation():
+    """E[MiniLLM (2.10, flipped)] = p_j (f_j - f̄), f_k = log q_k - log p_k + E[reward-to-go after k]."""
+    pol = policy(1)
+    teacher = pol.tilted_teacher(2.0)
+    memo: dict = {}
+    vocab = pol.vocab_size
+    p, q = pol.probs(()), teacher.probs(())
+    f = np.log(q) - np.log(p) + np.array([pol.expected_return(teacher, (k,), memo) for k in range(vocab)])
+    expected = p * (f - p @ f)
+    everything = np.ones(vocab, bool)
+    grads = []
+    for i in range(40):
+        draw = pol.sample(None, [np.zeros(0, np.int64)], 200, pol.max_len, 1.0, jax.random.key(500 + i))
+        returns = np.array([
+            sum(teacher.logprobs(row[:t])[row[t]] - pol.logprobs(row[:t])[row[t]] for t in range(n))
+            for row, n in zip(draw.tokens, draw.lengths)
+        ])
+        first = draw.tokens[:, 0]
+        visits = np.bincount(first, minlength=vocab).astype(float)
+        return_sum = np.bincount(first, weights=returns, minlength=vocab)
+        grads.append(np.asarray(G.minillm_mc(p, visits, return_sum, everything, everything, "full")))
+    grads = np.stack(grads)
+    stderr = grads.std(0, ddof=1) / np.sqrt(len(grads))
+    assert np.all(np.abs(grads.mean(0) - expected) < 4 * stderr + 1e-6)
