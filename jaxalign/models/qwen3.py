@@ -124,14 +124,64 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
     return out.astype(x.dtype)
 
 
+@flax.struct.dataclass
+class SharedPrefix:
+    """Prefix KV stored once per prefix and read by every fork of it (cascade attention).
+
+    k, v: per layer [P, Sp, K, H]; start: [P] int32, first valid slot (left padding). The query
+    batch is grouped: rows ``[p * R, (p + 1) * R)`` continue prefix ``p``. Nothing is copied per
+    fork: a 4K-token prefix x 64 forks of a 32B teacher would be ~68 GB as copies.
+    """
+
+    k: tuple[Array, ...]
+    v: tuple[Array, ...]
+    start: Array
+
+    @property
+    def num_prefixes(self) -> int:
+        return self.start.shape[0]
+
+    @property
+    def length(self) -> Array:
+        """[P] int32 number of valid prefix tokens."""
+        return self.k[0].shape[1] - self.start
+
+
+def _partial_attention(q: Array, k: Array, v: Array, visible: Array, prec) -> tuple[Array, Array]:
+    """Softmax attention over one block of keys, with its log-sum-exp for merging.
+
+    q: [B, T, K, G, H]; k, v: [B, S, K, H]; visible: [B, T, S] bool (broadcastable).
+    Returns (out [B, T, K, G, H] float32, lse [B, T, K, G] float32).
+    """
+    head_dim = q.shape[-1]
+    scores = jnp.einsum("btkgh,bskh->btkgs", q, k, precision=prec, preferred_element_type=jnp.float32)
+    scores = jnp.where(visible[:, :, None, None, :], scores * head_dim**-0.5, _MASKED)
+    peak = jnp.max(scores, axis=-1, keepdims=True)
+    weights = jnp.exp(scores - peak)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    out = jnp.einsum("btkgs,bskh->btkgh", (weights / total).astype(v.dtype), v, precision=prec,
+                     preferred_element_type=jnp.float32)
+    return out, (peak + jnp.log(total))[..., 0]
+
+
+def merge_attention(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array) -> Array:
+    """Exact softmax over the union of two key blocks from their partial results (cascade merge).
+
+    out_*: [B, T, K, G, H] float32; lse_*: [B, T, K, G] float32. Returns [B, T, K, G, H] float32.
+    """
+    lse = jnp.logaddexp(lse_a, lse_b)
+    return out_a * jnp.exp(lse_a - lse)[..., None] + out_b * jnp.exp(lse_b - lse)[..., None]
+
+
 def _attention(
     layer: Attention, cfg: Qwen3Config, x: Array, positions: Array, k_cache: Array, v_cache: Array,
-    start: Array, end: Array,
+    start: Array, end: Array, prefix: Optional[tuple[Array, Array, Array]] = None,
 ) -> tuple[Array, Array, Array]:
     """One attention block over T new tokens appended to the cache at slot ``end``.
 
     x: [B, T, D]; positions: [B, T] int32 RoPE positions; k_cache, v_cache: [B, S, K, H];
-    start: [B] int32; end: [] int32. Returns (out [B, T, D], new k_cache, new v_cache).
+    start: [B] int32; end: [] int32. prefix: optional (k [P, Sp, K, H], v, start [P]) shared by
+    groups of B // P consecutive rows. Returns (out [B, T, D], new k_cache, new v_cache).
     """
     prec = _precision(x.dtype)
     batch, steps, _ = x.shape
@@ -147,16 +197,18 @@ def _attention(
     v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, end, 0, 0))
 
     q = q.reshape(batch, steps, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
-    scores = jnp.einsum(
-        "btkgh,bskh->bkgts", q, k_cache, precision=prec, preferred_element_type=jnp.float32
-    ) * (cfg.head_dim**-0.5)
-    key_slot = jnp.arange(k_cache.shape[1])[None, :]  # [1, S]
-    query_slot = end + jnp.arange(steps)[:, None]  # [T, 1]
-    visible = (key_slot[None] >= start[:, None, None]) & (key_slot[None] <= query_slot[None])  # [B,T,S]
-    scores = jnp.where(visible[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_cache, precision=prec)
-    out = out.reshape(batch, steps, cfg.num_heads, cfg.head_dim)
+    key_slot = jnp.arange(k_cache.shape[1])[None, None, :]  # [1, 1, S]
+    query_slot = (end + jnp.arange(steps))[None, :, None]  # [1, T, 1]
+    visible = (key_slot >= start[:, None, None]) & (key_slot <= query_slot)  # [B, T, S]
+    out, lse = _partial_attention(q, k_cache, v_cache, visible, prec)
+    if prefix is not None:
+        prefix_k, prefix_v, prefix_start = prefix
+        groups = prefix_k.shape[0]
+        grouped_q = q.reshape(groups, (batch // groups) * steps, *q.shape[2:])
+        prefix_visible = (jnp.arange(prefix_k.shape[1])[None, :] >= prefix_start[:, None])[:, None, :]
+        out_p, lse_p = _partial_attention(grouped_q, prefix_k, prefix_v, prefix_visible, prec)
+        out = merge_attention(out_p.reshape(out.shape), lse_p.reshape(lse.shape), out, lse)
+    out = out.astype(x.dtype).reshape(batch, steps, cfg.num_heads, cfg.head_dim)
     out = jnp.einsum("btnh,nhd->btd", out, layer.o, precision=prec)
     if layer.o_bias is not None:
         out = out + layer.o_bias
@@ -172,21 +224,25 @@ def _mlp(layer: Layer, x: Array) -> Array:
 
 
 def forward_hidden(
-    params: Qwen3Params, cfg: Qwen3Config, tokens: Array, positions: Array, cache: KVCache
+    params: Qwen3Params, cfg: Qwen3Config, tokens: Array, positions: Array, cache: KVCache,
+    shared: Optional[SharedPrefix] = None,
 ) -> tuple[Array, KVCache]:
     """Runs T new tokens through the decoder, appending their keys and values to ``cache``.
 
-    tokens: [B, T] int32; positions: [B, T] int32 RoPE positions (normally slot - cache.start).
+    tokens: [B, T] int32; positions: [B, T] int32 RoPE positions (normally slot - cache.start,
+    plus the prefix length when ``shared`` is given). shared: a prefix read by groups of
+    B // P consecutive rows, merged with the rows' own cache by log-sum-exp.
     Returns (final-normed hidden states [B, T, D] in the params dtype, cache with end += T).
     Layers are unrolled on purpose: XLA does not hoist stacked-weight slicing out of a decode
     ``while_loop`` on GPU.
     """
     x = params.embed[tokens]
     new_k, new_v = [], []
-    for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
+    for i, (layer, k_cache, v_cache) in enumerate(zip(params.layers, cache.k, cache.v)):
+        prefix = None if shared is None else (shared.k[i], shared.v[i], shared.start)
         attn, k_cache, v_cache = _attention(
             layer.attn, cfg, rms_norm(x, layer.attn_norm, cfg.rms_norm_eps), positions,
-            k_cache, v_cache, cache.start, cache.end,
+            k_cache, v_cache, cache.start, cache.end, prefix,
         )
         x = x + attn
         x = x + _mlp(layer, rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps))

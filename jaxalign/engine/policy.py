@@ -1,0 +1,37 @@
+"""FlaxPolicy: the Policy protocol on the Flax Qwen3 with the KV-cache engine."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxalign.engine.sampling import sample
+from jaxalign.engine.scoring import response_logprobs
+from jaxalign.models.config import Qwen3Config
+from jaxalign.models.qwen3 import Qwen3Params
+from jaxalign.policy import SampleBatch
+
+
+class FlaxPolicy:
+    """A Qwen3 model behind the Policy protocol. Prefixes are response tokens after ``prompt``."""
+
+    def __init__(self, params: Qwen3Params, cfg: Qwen3Config, eos_token_ids: Sequence[int], *,
+                 max_rows: int = 256, mesh: Optional[Mesh] = None, fork: bool = True):
+        self.params, self.cfg = params, cfg
+        self.vocab_size = cfg.vocab_size
+        self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
+        self.max_rows, self.mesh, self.fork = max_rows, mesh, fork
+
+    def sample(self, prompt: np.ndarray, prefixes: Sequence[np.ndarray], n, max_new_tokens: int,
+               temperature: float, key: jax.Array) -> SampleBatch:
+        prompt = np.asarray(prompt, np.int32).ravel()
+        full = [np.concatenate([prompt, np.asarray(p, np.int32).ravel()]) for p in prefixes]
+        return sample(self.params, self.cfg, full, n, max_new_tokens=max_new_tokens, key=key,
+                      eos_ids=self.eos_token_ids, temperature=temperature, fork=self.fork,
+                      max_rows=self.max_rows, mesh=self.mesh)
+
+    def next_token_logprobs(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return np.asarray(response_logprobs(self.params, self.cfg, prompt, response, positions))

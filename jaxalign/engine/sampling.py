@@ -1,0 +1,242 @@
+"""Batched temperature sampling with a KV cache, and prefix forking with cascade attention.
+
+One call samples ``counts[i]`` completions of each of several prefixes (prompt + partial response
++ forced token). Two layouts compute the same thing:
+
+* forked (default): each prefix is prefilled ONCE, at batch 1, into a :class:`SharedPrefix`; its
+  forks get their own small suffix cache, and attention merges the two by log-sum-exp. The prefix
+  KV is never copied into the rows.
+* plain (``fork=False``): every row prefills its own copy of its prefix. This is the naive
+  baseline, and the reference the forked layout is tested against.
+
+The whole decode loop runs inside one ``jax.jit`` (``lax.while_loop``), which stops when every row
+has produced an EOS or the limit is reached. The KV caches live in the loop carry and are
+updated in place (one ``dynamic_update_slice`` per step). Shapes are bucketed to powers of two:
+rows per prefix, number of prefixes, prefix length and new-token buffer. So a sweep compiles once
+per bucket touched, never once per length; :data:`COMPILES` counts traces per layout.
+
+Randomness: row r draws step t from ``fold_in(fold_in(key, row_id[r]), t)`` with the Gumbel-max
+trick on float32 logits. A row's tokens therefore depend on (key, row id, prefix) alone: not on
+padding, batch neighbours, chunking, sharding or the layout. ``temperature == 0`` is greedy
+decoding (argmax, no randomness).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxalign.errors import ConfigError
+from jaxalign.models.config import Qwen3Config
+from jaxalign.models.qwen3 import Qwen3Params, SharedPrefix, forward_hidden, init_cache, logits_from_hidden
+from jaxalign.policy import SampleBatch
+
+COMPILES: collections.Counter = collections.Counter()
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    return 1 << max(int(math.ceil(math.log2(max(n, minimum, 1)))), 0)
+
+
+def _draw(logits: jax.Array, row_keys: jax.Array, step, temperature, greedy: bool) -> jax.Array:
+    """One token per row. logits: [B, V] float32; row_keys: [B] keys. Returns [B] int32."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[-1:], jnp.float32))(keys)
+    return jnp.argmax(logits / temperature + gumbel, axis=-1).astype(jnp.int32)
+
+
+def _decode(params, cfg, first_logits, row_keys, valid, cache, positions0, temperature, limit, *,
+            max_new, eos_ids, greedy, shared=None, constrain=lambda x: x):
+    """The sampling loop shared by both layouts. first_logits: [B, V]; valid, positions0: [B].
+
+    Returns (tokens [B, max_new] int32, -1 padded; lengths [B] int32, EOS included).
+    """
+    eos = jnp.asarray(eos_ids, jnp.int32)
+    first = jnp.where(valid, _draw(first_logits, row_keys, 0, temperature, greedy), -1)
+    out = constrain(jnp.full((first.shape[0], max_new), -1, jnp.int32).at[:, 0].set(first))
+    lengths = valid.astype(jnp.int32)
+    done = ~valid | jnp.isin(first, eos) | (limit <= 1)
+
+    def cond(state):
+        step, _, _, _, _, done = state
+        return (step < limit) & ~jnp.all(done)
+
+    def body(state):
+        step, token, cache, out, lengths, done = state
+        positions = (positions0 + step - 1)[:, None]
+        hidden, cache = forward_hidden(params, cfg, jnp.maximum(token, 0)[:, None], positions, cache, shared)
+        nxt = jnp.where(done, -1, _draw(logits_from_hidden(params, hidden[:, 0]), row_keys, step, temperature, greedy))
+        out = constrain(jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step)))
+        lengths = lengths + (~done).astype(jnp.int32)
+        return step + 1, nxt, cache, out, lengths, done | jnp.isin(nxt, eos)
+
+    state = (jnp.int32(1), first, cache, out, lengths, done)
+    _, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, state)
+    return out, lengths
+
+
+def _row_keys(key, row_ids):
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids)
+
+
+def _constrainer(row_sharding):
+    if row_sharding is None:
+        return lambda x: x
+    return lambda x: jax.lax.with_sharding_constraint(x, row_sharding) if x.ndim else x
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "row_sharding"))
+def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid, key, temperature, limit, *,
+                   max_new, eos_ids, greedy, row_sharding=None):
+    """prefix_tokens: [P, Lp] left-padded; prefix_start: [P]; row_ids, row_valid: [P, R]."""
+    COMPILES["forked"] += 1
+    num_prefixes, prefix_len = prefix_tokens.shape
+    rows = row_ids.shape[0] * row_ids.shape[1]
+    per_prefix = rows // num_prefixes
+    cache = init_cache(cfg, num_prefixes, prefix_len, params.dtype, prefix_start)
+    positions = jnp.maximum(jnp.arange(prefix_len)[None, :] - prefix_start[:, None], 0)
+    hidden, cache = forward_hidden(params, cfg, prefix_tokens, positions, cache)
+    shared = SharedPrefix(k=cache.k, v=cache.v, start=prefix_start)
+    first_logits = jnp.repeat(logits_from_hidden(params, hidden[:, -1]), per_prefix, axis=0)
+    constrain = _constrainer(row_sharding)
+    suffix = jax.tree.map(constrain, init_cache(cfg, rows, max_new, params.dtype))
+    return _decode(params, cfg, first_logits, _row_keys(key, row_ids.reshape(rows)), row_valid.reshape(rows),
+                   suffix, jnp.repeat(shared.length, per_prefix), temperature, limit, max_new=max_new,
+                   eos_ids=eos_ids, greedy=greedy, shared=shared, constrain=constrain)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "row_sharding"))
+def _sample_plain(params, cfg, tokens, start, row_ids, row_valid, key, temperature, limit, *,
+                  max_new, eos_ids, greedy, row_sharding=None):
+    """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid: [B]."""
+    COMPILES["plain"] += 1
+    rows, length = tokens.shape
+    constrain = _constrainer(row_sharding)
+    cache = jax.tree.map(constrain, init_cache(cfg, rows, length + max_new, params.dtype, start))
+    positions = jnp.maximum(jnp.arange(length)[None, :] - start[:, None], 0)
+    hidden, cache = forward_hidden(params, cfg, tokens, positions, cache)
+    return _decode(params, cfg, logits_from_hidden(params, hidden[:, -1]), _row_keys(key, row_ids), row_valid,
+                   cache, length - start, temperature, limit, max_new=max_new, eos_ids=eos_ids, greedy=greedy,
+                   constrain=constrain)
+
+
+def _left_pad(seqs: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.zeros((len(seqs), length), np.int32)
+    start = np.zeros(len(seqs), np.int32)
+    for i, seq in enumerate(seqs):
+        tokens[i, length - len(seq):] = seq
+        start[i] = length - len(seq)
+    return tokens, start
+
+
+def _chunks(counts: Sequence[int], max_rows: int) -> list[list[tuple[int, int, int]]]:
+    """Splits (prefix, completions) into chunks of (prefix, first, count) whose padded
+    bucket(#prefixes) x bucket(max count) fits in max_rows."""
+    pieces = [(p, first, min(max_rows, c - first)) for p, c in enumerate(counts) for first in range(0, c, max_rows)]
+    chunks, current = [], []
+    for piece in pieces:
+        trial = current + [piece]
+        if current and bucket(len(trial)) * bucket(max(c for _, _, c in trial)) > max_rows:
+            chunks.append(current)
+            trial = [piece]
+        current = trial
+    return chunks + ([current] if current else [])
+
+
+def sample(
+    params: Qwen3Params,
+    cfg: Qwen3Config,
+    prefixes: Sequence[np.ndarray],
+    counts: int | Sequence[int],
+    *,
+    max_new_tokens: int,
+    key: jax.Array,
+    eos_ids: Sequence[int],
+    temperature: float = 1.0,
+    fork: bool = True,
+    max_rows: int = 256,
+    max_len: Optional[int] = None,
+    mesh: Optional[Mesh] = None,
+    row_offset: int = 0,
+) -> SampleBatch:
+    """``counts[i]`` completions of each full token prefix (prompt + response so far).
+
+    Rows are numbered in order (prefix 0's completions first), starting at ``row_offset``; row r
+    uses ``fold_in(key, r)``. Batches larger than ``max_rows`` are split automatically, with the
+    same tokens as one big batch. ``mesh``: shard rows over its 'data' axis.
+    Returns tokens [N, max_new_tokens] int64 (-1 padded), lengths [N], prefix_index [N].
+    """
+    counts = [int(counts)] * len(prefixes) if np.ndim(counts) == 0 else [int(c) for c in counts]
+    prefixes = [np.asarray(p, np.int32).ravel() for p in prefixes]
+    max_len = cfg.max_position_embeddings if max_len is None else max_len
+    _validate(prefixes, counts, max_new_tokens, temperature, max_len, eos_ids)
+    row_ids = row_offset + np.concatenate([[0], np.cumsum(counts)])[:-1]
+    tokens_out = np.full((sum(counts), max_new_tokens), -1, np.int64)
+    lengths_out = np.zeros(sum(counts), np.int64)
+    max_new = bucket(max_new_tokens, 8)
+    min_rows = 1 if mesh is None else mesh.devices.size
+    row_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec("data"))
+    statics = dict(max_new=max_new, eos_ids=tuple(int(e) for e in eos_ids), greedy=temperature == 0,
+                   row_sharding=row_sharding)
+    dynamics = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max_new_tokens))
+    if fork:
+        work = _chunks(counts, max_rows)
+    else:
+        flat_rows = [(p, row_ids[p] + j) for p, c in enumerate(counts) for j in range(c)]
+        work = [flat_rows[i: i + max_rows] for i in range(0, len(flat_rows), max_rows)]
+    for chunk in work:
+        if fork:
+            num_p, per_p = bucket(len(chunk)), bucket(max(c for _, _, c in chunk), min_rows)
+            seqs = [prefixes[p] for p, _, _ in chunk] + [prefixes[chunk[0][0]]] * (num_p - len(chunk))
+            ptok, pstart = _left_pad(seqs, bucket(max(len(s) for s in seqs), 16))
+            ids = np.zeros((num_p, per_p), np.int32)
+            valid = np.zeros((num_p, per_p), bool)
+            for i, (p, first, c) in enumerate(chunk):
+                ids[i, :c] = row_ids[p] + first + np.arange(c)
+                valid[i, :c] = True
+            out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, key, *dynamics, **statics)
+        else:
+            rows = bucket(len(chunk), min_rows)
+            seqs = [prefixes[p] for p, _ in chunk] + [prefixes[chunk[0][0]]] * (rows - len(chunk))
+            tok, start = _left_pad(seqs, bucket(max(len(s) for s in seqs), 16))
+            ids = np.zeros(rows, np.int32)
+            ids[: len(chunk)] = [r for _, r in chunk]
+            valid = np.arange(rows) < len(chunk)
+            out, lengths = _sample_plain(params, cfg, tok, start, ids, valid, key, *dynamics, **statics)
+        out, lengths = np.asarray(out).reshape(-1, max_new), np.asarray(lengths).reshape(-1)
+        chosen = np.asarray(valid).reshape(-1)
+        global_rows = np.asarray(ids).reshape(-1)[chosen] - row_offset
+        tokens_out[global_rows] = out[chosen, :max_new_tokens]
+        lengths_out[global_rows] = lengths[chosen]
+    return SampleBatch(tokens=tokens_out, lengths=lengths_out, prefix_index=np.repeat(np.arange(len(counts)), counts))
+
+
+def _validate(prefixes, counts, max_new_tokens, temperature, max_len, eos_ids) -> None:
+    if len(prefixes) != len(counts):
+        raise ConfigError(f"{len(prefixes)} prefixes but {len(counts)} counts")
+    if any(c < 0 for c in counts):
+        raise ConfigError(f"completion counts must be >= 0, got {counts}")
+    for i, prefix in enumerate(prefixes):
+        if len(prefix) == 0:
+            raise ConfigError(f"prefix {i} is empty: sampling needs at least the rendered chat prompt")
+        if len(prefix) + max_new_tokens > max_len:
+            raise ConfigError(
+                f"prefix {i} has {len(prefix)} tokens; with max_new_tokens={max_new_tokens} that exceeds "
+                f"the cache limit of {max_len} positions. Shorten the prompt or lower max_new_tokens."
+            )
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if len(eos_ids) == 0:
+        raise ConfigError("eos_ids is empty; pass the model's EOS ids (Qwen3: <|im_end|>, <|endoftext|>)")
