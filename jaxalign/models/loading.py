@@ -52,6 +52,14 @@ class _Entry:
     shape: tuple[int, ...]  # shape in the checkpoint (HF layout)
     transform: Transform  # HF layout -> einsum layout
 
+    transposed: bool = True  # matrices are stored [out, in] by HF and [in, ...] here
+
+    def inverse(self, value):
+        """Einsum layout -> HF layout, for saving."""
+        if len(self.shape) == 1 or not self.transposed:
+            return value.reshape(self.shape)
+        return value.reshape(self.shape[1], -1).T
+
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """Returns a local directory for a path or a hub id (downloading only when allowed)."""
@@ -126,7 +134,7 @@ def weight_table(cfg: Qwen3Config) -> dict[str, _Entry]:
     ident: Transform = lambda w: w  # noqa: E731
     transpose: Transform = lambda w: w.T  # noqa: E731
     table = {
-        "model.embed_tokens.weight": _Entry("embed", (v, d), ident),
+        "model.embed_tokens.weight": _Entry("embed", (v, d), ident, transposed=False),
         "model.norm.weight": _Entry("final_norm", (d,), ident),
     }
     if not cfg.tie_word_embeddings:
@@ -278,3 +286,35 @@ def load_qwen3(
     model_dir = resolve_model_dir(name_or_path)
     cfg = load_config(model_dir)
     return cfg, load_params(cfg, model_dir, dtype, place)
+
+
+def save_qwen3(params: Qwen3Params, cfg: Qwen3Config, out_dir: str | os.PathLike, dtype=jnp.float32,
+               extra_config: Optional[dict] = None) -> Path:
+    """Writes config.json + model.safetensors in Hugging Face layout (loadable by transformers)."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        flat[".".join(str(getattr(k, "name", getattr(k, "idx", k))) for k in path)] = leaf
+    tensors = {
+        name: np.ascontiguousarray(np.asarray(entry.inverse(flat[entry.target].astype(jnp.float32)), np.float32)
+                                   .astype(jnp.dtype(dtype)))
+        for name, entry in weight_table(cfg).items()
+    }
+    save_file(tensors, str(out / SINGLE_FILE), metadata={"format": "pt"})
+    config = {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": None,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "attention_bias": cfg.attention_bias,
+        "max_position_embeddings": cfg.max_position_embeddings, "use_sliding_window": False,
+        "torch_dtype": jnp.dtype(dtype).name, **(extra_config or {}),
+    }
+    if cfg.eos_token_ids:
+        config["eos_token_id"] = list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_ids[0]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
