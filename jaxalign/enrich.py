@@ -1,0 +1,123 @@
+"""Targeted-rollout planner (paper Section 2.5, Appendix D): which (node, token) pairs to enrich.
+
+Depth is cut into exponential windows (widths 50, 100, 200, ...). In each window the planner takes
+the top-k candidate pairs by |GKD gradient| and the top-r by |P_te - P_θ|, over the union of
+teachers, among tokens with P_θ > τ or P_te > τ and fewer than N_min visits. Each chosen pair is
+topped up to N_min visits with completions of prefix(node) + token; completions of one prefix
+share one prefill (the engine's forking).
+
+Adaptive option (beyond the paper): a pair stops being enriched once the sign of every teacher's
+alignment at its node is settled by the Wilson intervals of the children's P̂_succ. The GKD·ideal
+dot product is linear in s, so its extremes over the interval box are exact. Budget then goes to
+unsettled nodes, in rounds of ``adaptive_step`` rollouts, up to ``adaptive_max`` visits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from jaxalign.tree import RolloutTree, wilson_interval
+
+
+@dataclasses.dataclass(frozen=True)
+class EnrichConfig:
+    first_window: int = 50
+    window_growth: float = 2.0
+    top_k: int = 4
+    top_r: int = 4
+    tau: float = 0.02
+    n_min: int = 100
+    n_sig: int = 20
+    adaptive: bool = False
+    adaptive_step: int = 25
+    adaptive_max: int = 400
+    z: float = 1.959964
+
+
+def depth_windows(max_depth: int, first: int = 50, growth: float = 2.0) -> list[tuple[int, int]]:
+    """[(lo, hi)) windows covering depths 0..max_depth-1, widths first, first*growth, ..."""
+    windows, lo, width = [], 0, float(first)
+    while lo < max_depth:
+        hi = lo + max(1, int(round(width)))
+        windows.append((lo, min(hi, max_depth)))
+        lo, width = hi, width * growth
+    return windows
+
+
+@dataclasses.dataclass
+class Candidates:
+    """Next-token candidates at skeleton nodes, with student and teacher probabilities.
+
+    node, token: [C] int64; p: [C] float64 student probability; q: [T, C] teacher probabilities;
+    kl: [T, C] the node's full-vocabulary KL(p‖q_t), repeated per candidate (for the GKD score).
+    """
+
+    node: np.ndarray
+    token: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    kl: np.ndarray
+
+    @classmethod
+    def from_distributions(cls, nodes: Sequence[int], p_full: np.ndarray, q_full: np.ndarray, tau: float):
+        """nodes [N]; p_full [N, V]; q_full [T, N, V]. Keeps tokens with p > τ or any q > τ."""
+        p_full, q_full = np.asarray(p_full, np.float64), np.asarray(q_full, np.float64)
+        keep = (p_full > tau) | (q_full > tau).any(0)
+        rows, cols = np.nonzero(keep)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(p_full > 0, p_full * (np.log(p_full) - np.log(q_full)), 0.0).sum(-1)  # [T, N]
+        return cls(node=np.asarray(nodes)[rows], token=cols.astype(np.int64), p=p_full[rows, cols],
+                   q=q_full[:, rows, cols], kl=kl[:, rows])
+
+
+def _visits(tree: RolloutTree, nodes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    counts = tree.edge_counts()["visits"]
+    out = np.zeros(len(nodes), np.int64)
+    for i, (u, k) in enumerate(zip(nodes, tokens)):
+        edge = tree.edge(u, k)
+        out[i] = counts[edge] if edge is not None else 0
+    return out
+
+
+def plan_window(tree: RolloutTree, cands: Candidates, window: tuple[int, int], cfg: EnrichConfig) -> list[tuple[int, int, int]]:
+    """The (node, token, rollouts needed) pairs to enrich in one depth window, sorted by node."""
+    depth = tree.a["node_depth"][cands.node]
+    visits = _visits(tree, cands.node, cands.token)
+    eligible = np.flatnonzero((depth >= window[0]) & (depth < window[1]) & (visits < cfg.n_min))
+    if len(eligible) == 0:
+        return []
+    p, q, kl = cands.p[eligible], cands.q[:, eligible], cands.kl[:, eligible]
+    with np.errstate(divide="ignore"):
+        gkd = np.abs(p * (np.log(p) - np.log(q) - kl)).max(0)
+    gap = np.abs(q - p).max(0)
+    chosen = set(eligible[np.argsort(-gkd, kind="stable")[: cfg.top_k]].tolist())
+    chosen |= set(eligible[np.argsort(-gap, kind="stable")[: cfg.top_r]].tolist())
+    return sorted((int(cands.node[i]), int(cands.token[i]), int(cfg.n_min - visits[i])) for i in chosen)
+
+
+def sign_settled(tree: RolloutTree, node: int, p_children: np.ndarray, q_children: np.ndarray,
+                 tokens: np.ndarray, cfg: EnrichConfig) -> bool:
+    """Whether the sign of GKD-ideal alignment at ``node`` is fixed for every teacher.
+
+    tokens: [K] children considered (S_u); p_children [K], q_children [T, K] their probabilities.
+    dot(ideal, gkd) = Σ_j c_j s_j with c_j = p̃_j (g_j - Σ_k p̃_k g_k), linear in s; its min and
+    max over the Wilson box of s decide.
+    """
+    counts = tree.edge_counts()
+    edges = [tree.edge(node, t) for t in tokens]
+    if any(e is None for e in edges) or len(edges) < 2:
+        return False
+    low, high = wilson_interval(counts["successes"][edges], counts["visits"][edges], cfg.z)
+    pt = p_children / p_children.sum()
+    for q in np.atleast_2d(q_children):
+        qt = q / q.sum()
+        ell = np.log(pt) - np.log(qt)
+        g = -pt * (ell - pt @ ell)
+        c = pt * (g - pt @ g)
+        lo, hi = np.where(c > 0, c * low, c * high).sum(), np.where(c > 0, c * high, c * low).sum()
+        if lo <= 0 <= hi:
+            return False
+    return True
