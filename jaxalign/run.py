@@ -1,31 +1,201 @@
-"""Main entry point: ``python -m jaxalign.run [overrides]``.
+"""Main entry point: ``python -m jaxalign.run [group=option ...] [key=value ...]``.
 
-Placeholder until the embedded toy default (tiny trained student and teacher) and the Phase 1/2
-pipeline land: for now it checks the installation and says what is available.
+With no overrides it runs the embedded default: the toy student and its four teachers on
+toy_arith, Phase 1, Phase 2 and the summary report, on the CPU in minutes. The run directory is
+derived from the config, so the same command resumes an interrupted run.
 """
 
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
 import logging
-import sys
+import time
+from pathlib import Path
+from typing import Callable
 
+import hydra
 import jax
+import jax.numpy as jnp
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
-import jaxalign
+from jaxalign import config as C
+from jaxalign.contexts import (DemonstrationCache, ToyRuleSummarizer, build_context, check_same_generation_prompt,
+                               sample_demonstrations)
+from jaxalign.enrich import EnrichConfig, depth_windows
+from jaxalign.errors import ConfigError
+from jaxalign.exact import ExactPolicy
+from jaxalign.pipeline import PipelineConfig, Preempted, QuestionRun, Teacher, question_key
+from jaxalign.preemption import StopRequest
+from jaxalign.report import write_report
 
 log = logging.getLogger("jaxalign.run")
+ConfigStore.instance().store(name="run_schema", node=C.RunConf)
 
 
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    log.info("jaxalign %s on jax %s, devices: %s", jaxalign.__version__, jax.__version__, jax.devices())
-    if argv:
-        log.error("overrides %s given, but the Hydra pipeline is not built yet", argv)
-        return 2
-    log.warning(
-        "PLACEHOLDER: the embedded toy default (student/teacher on toy_arith) and the Phase 1/2 "
-        "pipeline are not built yet. Available now: jaxalign.models.load_qwen3 (Qwen3 in JAX)."
+def pipeline_config(cfg: C.RunConf) -> PipelineConfig:
+    b = cfg.budget
+    return PipelineConfig(
+        num_initial=b.num_initial, max_response_tokens=b.max_response_tokens, batch_rollouts=b.batch_rollouts,
+        include_path_rollout=cfg.include_path_rollout, count_ancestors=cfg.count_ancestors, seed=cfg.seed,
+        enrich=EnrichConfig(first_window=b.first_window, window_growth=b.window_growth, top_k=b.top_k,
+                            top_r=b.top_r, tau=b.tau, n_min=b.n_min, n_sig=b.n_sig, adaptive=b.adaptive),
     )
-    return 0
+
+
+def dry_run(cfg: C.RunConf) -> dict:
+    """Rollouts, tokens and GPU-hours before launching: questions x (G + windows x pairs x N_min)."""
+    b = cfg.budget
+    windows = len(depth_windows(b.max_response_tokens, b.first_window, b.window_growth))
+    per_question = b.num_initial + windows * (b.top_k + b.top_r) * b.n_min
+    rollouts = cfg.dataset.num_questions * per_question
+    tokens = rollouts * b.max_response_tokens / 2  # a targeted rollout starts mid-response on average
+    hours = tokens / cfg.throughput_tokens_per_s / 3600
+    return {"questions": cfg.dataset.num_questions, "windows": windows, "rollouts_per_question": per_question,
+            "rollouts": rollouts, "tokens": tokens, "gpu_hours": hours,
+            "teachers": len(cfg.teachers), "throughput_tokens_per_s": cfg.throughput_tokens_per_s}
+
+
+@dataclasses.dataclass
+class Job:
+    """Everything needed to build one QuestionRun per question."""
+
+    questions: list
+    make_run: Callable
+
+
+def exact_job(cfg: C.RunConf, run_dir: Path, stop) -> Job:
+    pcfg = pipeline_config(dataclasses.replace(cfg, budget=dataclasses.replace(
+        cfg.budget, max_response_tokens=8)))
+    seeds = [cfg.dataset.seed + cfg.student.exact_seed_offset + i for i in range(cfg.dataset.num_questions)]
+
+    def make_run(seed):
+        policy = ExactPolicy(seed=seed)
+        teachers = [Teacher(name, policy.tilted_teacher(t.tilt) if t.tilt else policy.noise_teacher(t.noise), None)
+                    for name, t in cfg.teachers.items()]
+        return QuestionRun(f"exact-{seed}", policy, np.zeros(1, np.int64), teachers, policy.is_success, pcfg,
+                           run_dir, stop=stop)
+
+    return Job(seeds, make_run)
+
+
+def flax_job(cfg: C.RunConf, run_dir: Path, stop) -> Job:
+    from jaxalign.engine.policy import FlaxPolicy
+    from jaxalign.models import encode_chat, load_qwen3, load_tokenizer
+    from jaxalign.models.loading import resolve_model_dir
+    from jaxalign.models.tokenizer import check_same_tokenizer
+    from jaxalign.tasks.toy_arith import ToyArith
+
+    dtype = jnp.bfloat16 if cfg.student.dtype == "bfloat16" else jnp.float32
+    student_dir = resolve_model_dir(C.resolve_model_path(cfg.student.path))
+    tokenizer = load_tokenizer(student_dir)
+    eos = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))  # as Qwen3
+    externals = {}
+    for name, t in cfg.teachers.items():  # tokenizers first: a mismatch fails before any weights load
+        if t.kind == "external":
+            tdir = resolve_model_dir(C.resolve_model_path(t.model))
+            check_same_tokenizer(tokenizer, load_tokenizer(tdir), cfg.student.name, name)
+            externals[name] = tdir
+    model_cfg, params = load_qwen3(student_dir, dtype)
+    student = FlaxPolicy(params, model_cfg, eos)
+    external_policies = {name: FlaxPolicy(*reversed(load_qwen3(d, dtype)), eos) for name, d in externals.items()}
+    task = ToyArith(terms=cfg.dataset.terms, digits=cfg.dataset.digits)
+    questions = task.questions(cfg.dataset.num_questions, cfg.dataset.seed)
+    cache = DemonstrationCache(run_dir / "demos", cfg.student.name)
+    pcfg = pipeline_config(cfg)
+    system = cfg.dataset.system
+
+    def encode(user):
+        return encode_chat(tokenizer, user, system=system)
+
+    def decode(tokens):
+        return tokenizer.decode([int(t) for t in tokens if int(t) not in eos and int(t) >= 0])
+
+    def make_run(q):
+        prompt = np.array(encode(q.user), np.int32)
+        teachers = []
+        contexts = {n: t for n, t in cfg.teachers.items() if t.kind == "self"}
+        if contexts:
+            demos = sample_demonstrations(
+                student, encode, decode, lambda text: task.grade(q, text), q, question_key(cfg.seed, q.qid, 99),
+                need_correct=1, need_wrong=int(any(t.context == "SELF-1C1W" for t in contexts.values())),
+                temperature=cfg.demo_temperature, max_trials=cfg.demo_trials,
+                max_new_tokens=cfg.budget.max_response_tokens, cache=cache)
+        for name, t in cfg.teachers.items():
+            if t.kind == "external":
+                teachers.append(Teacher(name, external_policies[name], prompt))
+                continue
+            user = build_context(t.context, q, demos, ToyRuleSummarizer() if t.summarizer == "rule" else None)
+            if user is None:
+                log.warning("%s: no demonstration for %s in %d trials; teacher left out", q.qid, name, demos.trials)
+                continue
+            teacher_prompt = np.array(encode(user), np.int32)
+            check_same_generation_prompt(prompt, teacher_prompt, tokenizer, name)
+            teachers.append(Teacher(name, student, teacher_prompt))
+        return QuestionRun(q.qid, student, prompt, teachers, lambda toks: task.grade(q, decode(toks)), pcfg, run_dir,
+                           stop=stop)
+
+    return Job(questions, make_run)
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in ("jaxalign", "jax", "flax", "orbax-checkpoint", "transformers", "hydra-core"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def execute(dcfg: DictConfig, run_dir: Path) -> dict:
+    cfg: C.RunConf = OmegaConf.to_object(dcfg)
+    C.validate(cfg)
+    resolved = OmegaConf.to_container(dcfg, resolve=True)
+    if cfg.dry_run:
+        cost = dry_run(cfg)
+        log.info("dry run: %s", json.dumps(cost))
+        print(json.dumps(cost, indent=1))
+        return cost
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    stop = StopRequest()
+    summaries = []
+    try:
+        job = exact_job(cfg, run_dir, stop) if cfg.student.kind == "exact" else flax_job(cfg, run_dir, stop)
+        for q in tqdm(job.questions, desc="questions", unit="q"):
+            summaries.append(job.make_run(q).run())
+    except Preempted as stopped:
+        log.warning("%s; the same command resumes", stopped)
+        stop.forward()
+    finally:
+        stop.restore()
+    report = write_report(run_dir)
+    totals = {"questions": len(summaries), "skipped": sum(s["skipped"] for s in summaries),
+              "rollouts": sum(s["budget"]["rollouts"] for s in summaries),
+              "tokens": sum(s["budget"]["tokens"] for s in summaries), "wall_s": round(time.time() - start, 1)}
+    record = {"config": resolved, "config_hash": hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest(),
+              "versions": versions(), "devices": [str(d) for d in jax.devices()], "totals": totals}
+    (run_dir / "run.json").write_text(json.dumps(record, indent=1))
+    log.info("done: %s; results in %s", totals, run_dir)
+    print(report)
+    return record
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(dcfg: DictConfig) -> None:
+    try:
+        execute(dcfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as err:
+        log.error("configuration error: %s", err)
+        raise SystemExit(2) from err
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()

@@ -29,7 +29,8 @@ def build_char_tokenizer(out_dir: str | Path, alphabet: str = DEFAULT_ALPHABET):
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     vocab.update({ch: len(SPECIAL_TOKENS) + i for i, ch in enumerate(alphabet)})
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # [\s\S], not ".": "." skips newlines, and "\n\n" would become one unknown piece
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.add_special_tokens(list(SPECIAL_TOKENS[:3]))
     core.add_tokens(list(SPECIAL_TOKENS[3:]))  # as in Qwen3: <think> tags are added, not special

@@ -49,7 +49,7 @@ from jaxalign.tasks.toy_arith import ToyArith
 from jaxalign.toy.tokenizer import build_char_tokenizer
 
 log = logging.getLogger("jaxalign.toy.train")
-FORMAT_MIX = {"plain": 0.6, "SELF-1C": 0.25, "SELF-SUM-1C": 0.15}
+FORMAT_MIX = {"plain": 0.7, "SELF-1C": 0.2, "SELF-SUM-1C": 0.1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,8 @@ def model_config(size: ModelSize, tokenizer) -> Qwen3Config:
         vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.mlp, num_layers=size.layers,
         num_heads=size.heads, num_kv_heads=size.kv_heads, head_dim=16, rope_theta=10000.0, rms_norm_eps=1e-6,
         tie_word_embeddings=True, max_position_embeddings=1024,
-        eos_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
+        # as Qwen3's generation config: <|im_end|> and <|endoftext|> both end a response
+        eos_token_ids=tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")),
     )
 
 
@@ -193,9 +194,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--student-target", type=float, default=0.45)
     ap.add_argument("--teacher-target", type=float, default=0.97)
-    ap.add_argument("--student-seconds", type=float, default=600)
+    ap.add_argument("--student-seconds", type=float, default=660)
     ap.add_argument("--teacher-seconds", type=float, default=240)
-    ap.add_argument("--token-budget", type=int, default=6144, help="tokens per training batch")
+    ap.add_argument("--token-budget", type=int, default=8192, help="tokens per training batch")
     ap.add_argument("--eval", type=int, default=400, help="questions sampled to measure pass rates")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")

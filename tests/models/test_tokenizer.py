@@ -56,3 +56,13 @@ def test_different_vocabularies_are_rejected(tmp_path):
     check_same_tokenizer(a, load_tokenizer(tmp_path / "a"))
     with pytest.raises(TokenizerError, match="Cross-tokenizer"):
         check_same_tokenizer(a, b, "student", "Qwen3-8B")
+
+
+def test_every_character_round_trips_including_repeated_newlines(tokenizer_dir):
+    """Regression: the pre-tokenizer's "." skipped newlines, so "\\n\\n" became <|endoftext|>."""
+    tok = load_tokenizer(tokenizer_dir)
+    text = "</think>\n\nAnswer: 101\n\n\n  x\t"[:-1]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+    assert ids[1:3] == [tok.convert_tokens_to_ids("\n")] * 2

@@ -1,0 +1,137 @@
+"""Structured configs (dataclasses) behind the Hydra groups in ``conf/``.
+
+Hydra checks key names and types against these dataclasses when composing, so a typo such as
+``budget.n_mim=5`` fails at once, naming the key. :func:`validate` then checks values and
+combinations, also before any model is loaded, and names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, Optional
+
+from jaxalign.contexts import FORMATS
+from jaxalign.errors import ConfigError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+MODEL_KINDS = ("flax", "exact")
+TEACHER_KINDS = ("self", "external", "exact")
+DATASETS = ("toy_arith", "exact")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass
+class ModelConf:
+    name: str = "toy"
+    kind: str = "flax"  # flax | exact
+    path: str = "toy:student"  # a local HF directory, a hub id, or toy:student / toy:teacher
+    dtype: str = "float32"
+    exact_seed_offset: int = 0  # exact: the question's seed is added to it
+
+
+@dataclasses.dataclass
+class TeacherConf:
+    kind: str = "self"  # self | external | exact
+    context: Optional[str] = None  # self: SELF-1C | SELF-1C1W | SELF-SUM-1C
+    summarizer: Optional[str] = None  # self, SUM formats: "rule" (toy)
+    model: Optional[str] = None  # external: a model path like ModelConf.path
+    tilt: float = 0.0  # exact: beta of the success tilt
+    noise: float = 0.0  # exact: sigma of success-independent noise
+
+
+@dataclasses.dataclass
+class DatasetConf:
+    name: str = "toy_arith"  # toy_arith | exact
+    num_questions: int = 4
+    seed: int = 0
+    terms: int = 3
+    digits: int = 2
+    system: Optional[str] = None  # a system message for every prompt
+
+
+@dataclasses.dataclass
+class BudgetConf:
+    name: str = "small"
+    num_initial: int = 64
+    max_response_tokens: int = 64
+    batch_rollouts: int = 256
+    n_min: int = 40
+    n_sig: int = 10
+    tau: float = 0.02
+    top_k: int = 4
+    top_r: int = 4
+    first_window: int = 50
+    window_growth: float = 2.0
+    adaptive: bool = False
+
+
+@dataclasses.dataclass
+class RunConf:
+    student: ModelConf = dataclasses.field(default_factory=ModelConf)
+    teachers: Dict[str, TeacherConf] = dataclasses.field(default_factory=dict)
+    dataset: DatasetConf = dataclasses.field(default_factory=DatasetConf)
+    budget: BudgetConf = dataclasses.field(default_factory=BudgetConf)
+    seed: int = 0
+    demo_temperature: float = 0.7
+    demo_trials: int = 60
+    include_path_rollout: bool = False
+    count_ancestors: bool = False
+    dry_run: bool = False
+    throughput_tokens_per_s: float = 20000.0  # for the dry run's GPU-hour estimate
+
+
+def resolve_model_path(path: str) -> str:
+    """toy:NAME -> the embedded checkpoint directory; anything else unchanged."""
+    if path.startswith("toy:"):
+        target = ASSETS / "toy" / path.split(":", 1)[1]
+        if not (target / "config.json").is_file():
+            raise ConfigError(f"embedded model {path!r} is missing at {target}; reinstall jaxalign or retrain it "
+                              "with python -m jaxalign.toy.train")
+        return str(target)
+    return path
+
+
+def validate(cfg: RunConf) -> None:
+    """Raises ConfigError naming the first bad key. Runs before any model is loaded."""
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+
+    check(cfg.student.kind in MODEL_KINDS, "student.kind", f"{cfg.student.kind!r} is not one of {MODEL_KINDS}")
+    check(cfg.student.dtype in DTYPES, "student.dtype", f"{cfg.student.dtype!r} is not one of {DTYPES}")
+    check(cfg.dataset.name in DATASETS, "dataset.name", f"{cfg.dataset.name!r} is not one of {DATASETS}")
+    check((cfg.student.kind == "exact") == (cfg.dataset.name == "exact"), "dataset.name",
+          "student=exact goes with dataset=exact (and only with it)")
+    check(cfg.dataset.num_questions >= 1, "dataset.num_questions", "must be >= 1")
+    check(len(cfg.teachers) >= 1, "teachers", "no teachers configured; pick a set, e.g. teachers=toy")
+    for name, t in cfg.teachers.items():
+        key = f"teachers.{name}"
+        check(t.kind in TEACHER_KINDS, key + ".kind", f"{t.kind!r} is not one of {TEACHER_KINDS}")
+        check((t.kind == "exact") == (cfg.student.kind == "exact"), key + ".kind",
+              "exact teachers need student=exact, and student=exact needs exact teachers")
+        if t.kind == "self":
+            check(t.context in FORMATS, key + ".context", f"{t.context!r} is not one of {FORMATS}")
+            check(not (t.context or "").startswith("SELF-SUM") or t.summarizer == "rule", key + ".summarizer",
+                  "SELF-SUM formats need a summarizer (only 'rule', for toy_arith, exists yet)")
+        if t.kind == "external":
+            check(bool(t.model), key + ".model", "an external teacher needs a model path")
+            if t.model.startswith("toy:"):
+                resolve_model_path(t.model)
+            elif not Path(t.model).expanduser().is_dir() and "/" not in t.model:
+                raise ConfigError(f"{key}.model: {t.model!r} is neither a directory nor a hub id")
+    b = cfg.budget
+    for field in ("num_initial", "max_response_tokens", "batch_rollouts", "n_min", "n_sig", "first_window"):
+        check(getattr(b, field) >= 1, f"budget.{field}", "must be >= 1")
+    check(b.n_sig <= b.n_min, "budget.n_sig", f"{b.n_sig} exceeds budget.n_min={b.n_min}; S_u could never fill")
+    check(0 < b.tau < 1, "budget.tau", f"{b.tau} must lie in (0, 1)")
+    check(b.top_k >= 0 and b.top_r >= 0, "budget.top_k", "top_k and top_r must be >= 0")
+    check(b.window_growth >= 1, "budget.window_growth", "must be >= 1")
+    check(cfg.demo_temperature > 0, "demo_temperature", "must be > 0")
+    check(cfg.demo_trials >= 1, "demo_trials", "must be >= 1")
+    check(cfg.throughput_tokens_per_s > 0, "throughput_tokens_per_s", "must be > 0")
+    if cfg.student.kind == "flax" and cfg.student.path.startswith("toy:"):
+        resolve_model_path(cfg.student.path)
+    if cfg.student.kind == "flax" and not cfg.student.path.startswith("toy:"):
+        check(Path(cfg.student.path).expanduser().is_dir() or "/" in cfg.student.path, "student.path",
+              f"{cfg.student.path!r} is neither a directory nor a hub id")

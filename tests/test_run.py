@@ -1,0 +1,106 @@
+"""Hydra configs, validation before any model loads, the dry run, and the main entry point."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from jaxalign import config as C
+from jaxalign.errors import ConfigError
+from jaxalign.run import dry_run, execute
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+GROUPS = {
+    "student": ["toy", "exact", "qwen3-0.6b", "qwen3-1.7b"],
+    "teachers": ["toy", "exact"],
+    "dataset": ["toy_arith", "exact"],
+    "budget": ["small", "smoke", "paper"],
+}
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def as_run(dcfg) -> C.RunConf:
+    return OmegaConf.to_object(dcfg)
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes(group, option):
+    cfg = as_run(composed(f"{group}={option}"))
+    assert isinstance(cfg, C.RunConf)
+
+
+def test_default_and_exact_experiment_validate():
+    C.validate(as_run(composed()))
+    exact = as_run(composed("+experiment=exact"))
+    C.validate(exact)
+    assert exact.student.kind == "exact" and set(exact.teachers) == {"tilt", "anti-tilt", "noise"}
+
+
+@pytest.mark.parametrize("override, key", [
+    ("budget.n_mim=5", "n_mim"),
+    ("budget.n_min=many", "n_min"),
+    ("seed=1.5", "seed"),
+    ("student=qwen3-70b", "student"),
+])
+def test_typos_and_wrong_types_are_named_by_hydra(override, key):
+    with pytest.raises(Exception) as err:
+        as_run(composed(override))
+    assert key in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["student.kind=torch"], "student.kind"),
+    (["student.dtype=float16"], "student.dtype"),
+    (["dataset.name=gsm8k"], "dataset.name"),
+    (["student=exact"], "dataset.name"),
+    (["dataset.num_questions=0"], "dataset.num_questions"),
+    (["budget.n_sig=500"], "budget.n_sig"),
+    (["budget.tau=1.5"], "budget.tau"),
+    (["budget.num_initial=0"], "budget.num_initial"),
+    (["budget.top_k=-1"], "budget.top_k"),
+    (["budget.window_growth=0.5"], "budget.window_growth"),
+    (["teachers.SELF-1C.context=SELF-9C"], "teachers.SELF-1C.context"),
+    (["teachers.SELF-SUM-1C.summarizer=null"], "teachers.SELF-SUM-1C.summarizer"),
+    (["teachers.toy-teacher.model=null"], "teachers.toy-teacher.model"),
+    (["teachers.toy-teacher.model=toy:nobody"], "toy:nobody"),
+    (["demo_temperature=0"], "demo_temperature"),
+    (["student.path=not-a-dir-nor-hub-id"], "student.path"),
+])
+def test_bad_values_are_rejected_before_any_model_loads(overrides, key, monkeypatch):
+    import jaxalign.models.loading as loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before validation")
+
+    monkeypatch.setattr(loading, "load_params", no_loading)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        execute(composed(*overrides), Path("/nonexistent-run-dir"))
+
+
+def test_dry_run_prices_the_budget(capsys):
+    cost = execute(composed("dry_run=true", "budget=paper", "dataset.num_questions=10"), Path("/unused"))
+    windows = 7  # 4096 tokens: 50, 100, 200, ..., 3200 wide
+    assert cost["windows"] == windows
+    assert cost["rollouts_per_question"] == 200 + windows * 16 * 100
+    assert cost["rollouts"] == 10 * cost["rollouts_per_question"]
+    assert cost["gpu_hours"] == pytest.approx(cost["tokens"] / 20000 / 3600)
+    assert json.loads(capsys.readouterr().out)["rollouts"] == cost["rollouts"]
+    assert dry_run(as_run(composed("budget=smoke")))["rollouts"] < cost["rollouts"]
+
+
+def test_exact_run_end_to_end(tmp_path):
+    record = execute(composed("+experiment=exact", "dataset.num_questions=2", "budget.num_initial=200"), tmp_path)
+    assert record["totals"]["questions"] == 2
+    assert (tmp_path / "run.json").is_file() and (tmp_path / "report" / "report.md").is_file()
+    summary = {(r["teacher"], r["algorithm"]): r for r in
+               __import__("csv").DictReader(open(tmp_path / "report" / "summary.csv"))}
+    assert float(summary[("tilt", "gkd")]["mean_cosine"]) > 0.5
+    assert float(summary[("anti-tilt", "gkd")]["mean_cosine"]) < -0.5
+    again = execute(composed("+experiment=exact", "dataset.num_questions=2", "budget.num_initial=200"), tmp_path)
+    assert again["totals"]["rollouts"] == record["totals"]["rollouts"]  # nothing recomputed, same results
