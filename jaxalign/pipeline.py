@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxalign.alignment import NodeBatch, algorithm_alignment, divergences, node_alignment
 from jaxalign.checkpoint import QuestionCheckpoints
-from jaxalign.enrich import Candidates, EnrichConfig, depth_windows, plan_window
+from jaxalign.enrich import Candidates, EnrichConfig, depth_windows, plan_window, sign_settled
 from jaxalign.policy import Policy
 from jaxalign.tree import RolloutTree
 
@@ -105,17 +105,19 @@ class QuestionRun:
         self.init_done = 0
         self.tree: Optional[RolloutTree] = None
         self.path_rollouts = np.zeros(0, np.int64)
-        self.window, self.plan, self.plan_cursor = 0, np.zeros((0, 3), np.int64), 0
+        self.window, self.plan, self.plan_cursor, self.round = 0, np.zeros((0, 3), np.int64), 0, 0
+        self.window_pairs = np.zeros((0, 2), np.int64)
         self.budget = {"rollouts": 0, "tokens": 0, "prefills": 0, "per_window": []}
         self.skip_reason: Optional[str] = None
 
     def _save(self) -> None:
         self.step += 1
         arrays = {"init_tokens": self.init_tokens, "init_lengths": self.init_lengths,
-                  "init_success": self.init_success, "path_rollouts": self.path_rollouts, "plan": self.plan}
+                  "init_success": self.init_success, "path_rollouts": self.path_rollouts, "plan": self.plan,
+                  "window_pairs": self.window_pairs}
         if self.tree is not None:
             arrays.update({"tree/" + k: v for k, v in self.tree.to_pytree().items()})
-        meta = {"stage": self.stage, "init_done": self.init_done, "window": self.window,
+        meta = {"stage": self.stage, "init_done": self.init_done, "window": self.window, "round": self.round,
                 "plan_cursor": self.plan_cursor, "budget": self.budget, "skip_reason": self.skip_reason,
                 "has_tree": self.tree is not None}
         self.ckpt.save(self.step, arrays, meta)
@@ -133,6 +135,7 @@ class QuestionRun:
         self.init_tokens, self.init_lengths = arrays["init_tokens"], arrays["init_lengths"]
         self.init_success, self.path_rollouts = arrays["init_success"].astype(bool), arrays["path_rollouts"]
         self.plan = arrays["plan"].reshape(-1, 3)
+        self.window_pairs, self.round = arrays["window_pairs"].reshape(-1, 2), meta["round"]
         tree = {k[5:]: v for k, v in arrays.items() if k.startswith("tree/")}
         self.tree = RolloutTree.from_pytree(tree) if meta["has_tree"] else None
         log.info("%s: resumed from checkpoint %d (stage %s)", self.qid, self.step, self.stage)
@@ -192,16 +195,17 @@ class QuestionRun:
     def _candidates(self) -> Candidates:
         """Student and teacher distributions at every skeleton node (for ranking)."""
         tree = self.tree
-        p_full, q_full, nodes = [], [[] for _ in self.teachers], []
-        for path in range(tree.num_paths):
+        p_full, q_full, nodes, seen = [], [[] for _ in self.teachers], [], set()
+        for path in range(tree.num_paths):  # each shared-prefix node is scored once, on its first path
             length = int(tree.a["path_length"][path])
             path_nodes = tree.a["path_nodes"][path, :length]
-            fresh = [d for d in range(length) if path_nodes[d] not in set(nodes)]
+            fresh = [d for d in range(length) if int(path_nodes[d]) not in seen]
             if not fresh:
                 continue
             response = tree.a["path_tokens"][path, :length]
             positions = np.array(fresh)
             nodes.extend(int(path_nodes[d]) for d in fresh)
+            seen.update(nodes[-len(fresh):])
             p_full.append(np.exp(self.student.next_token_logprobs(self.prompt, response, positions)))
             for t, teacher in enumerate(self.teachers):
                 q_full[t].append(np.exp(teacher.policy.next_token_logprobs(teacher.prompt, response, positions)))
@@ -209,35 +213,68 @@ class QuestionRun:
                                              np.stack([np.concatenate(q) for q in q_full]), self.cfg.enrich.tau)
 
     def _enrich(self) -> None:
+        """Per depth window: plan, then targeted rollouts batch by batch; in adaptive mode, further
+        rounds for pairs whose node's alignment sign is not settled yet."""
         ecfg = self.cfg.enrich
         windows = depth_windows(int(self.tree.a["path_length"].max()), ecfg.first_window, ecfg.window_growth)
         cands = self._candidates() if self.teachers else None
         while self.window < len(windows):
-            if self.plan_cursor == 0 and len(self.plan) == 0 and cands is not None:
-                self.plan = np.array(plan_window(self.tree, cands, windows[self.window], ecfg), np.int64).reshape(-1, 3)
-                self.budget["per_window"].append({"window": list(windows[self.window]), "pairs": int(len(self.plan)),
-                                                  "rollouts": int(self.plan[:, 2].sum()) if len(self.plan) else 0})
-            while self.plan_cursor < len(self.plan):
-                batch, total = [], 0
-                while self.plan_cursor + len(batch) < len(self.plan) and (
-                        not batch or total + self.plan[self.plan_cursor + len(batch), 2] <= self.cfg.batch_rollouts):
-                    batch.append(self.plan[self.plan_cursor + len(batch)])
-                    total += int(batch[-1][2])
-                prefixes = [np.append(self.tree.prefix(u), k) for u, k, _ in batch]
-                key = question_key(self.cfg.seed, self.qid, 2, self.window, self.plan_cursor)
-                tokens, lengths, success = self._rollouts(prefixes, [int(n) for _, _, n in batch], key)
-                first = 0
-                for (u, k, n) in batch:
-                    sl = slice(first, first + int(n))
-                    self.tree.add_rollouts(tokens[sl], lengths[sl], success[sl], start=(int(u), int(k)),
-                                           count_ancestors=self.cfg.count_ancestors)
-                    first += int(n)
-                self.plan_cursor += len(batch)
-                self._tick(total)
-                self._save()
+            if len(self.plan) == 0 and cands is not None:
+                planned = plan_window(self.tree, cands, windows[self.window], ecfg)
+                self.window_pairs = np.array([(u, k) for u, k, _ in planned], np.int64).reshape(-1, 2)
+                if ecfg.adaptive:
+                    planned = [(u, k, min(need, ecfg.adaptive_step)) for u, k, need in planned]
+                self.plan, self.plan_cursor, self.round = np.array(planned, np.int64).reshape(-1, 3), 0, 0
+                self.budget["per_window"].append({"window": list(windows[self.window]), "pairs": int(len(self.plan))})
+            self._run_plan()
+            following = self._next_round(cands) if ecfg.adaptive and len(self.plan) else np.zeros((0, 3), np.int64)
+            if len(following):
+                self.plan, self.plan_cursor, self.round = following, 0, self.round + 1
+                continue
             self.window, self.plan_cursor, self.plan = self.window + 1, 0, np.zeros((0, 3), np.int64)
         self.stage = "done"
         self._save()
+
+    def _run_plan(self) -> None:
+        """Executes self.plan from self.plan_cursor, in batches of at most batch_rollouts rollouts."""
+        while self.plan_cursor < len(self.plan):
+            batch, total = [], 0
+            while self.plan_cursor + len(batch) < len(self.plan) and (
+                    not batch or total + self.plan[self.plan_cursor + len(batch), 2] <= self.cfg.batch_rollouts):
+                batch.append(self.plan[self.plan_cursor + len(batch)])
+                total += int(batch[-1][2])
+            prefixes = [np.append(self.tree.prefix(u), k) for u, k, _ in batch]
+            key = question_key(self.cfg.seed, self.qid, 2, self.window, self.round, self.plan_cursor)
+            tokens, lengths, success = self._rollouts(prefixes, [int(n) for _, _, n in batch], key)
+            first = 0
+            for (u, k, n) in batch:
+                sl = slice(first, first + int(n))
+                self.tree.add_rollouts(tokens[sl], lengths[sl], success[sl], start=(int(u), int(k)),
+                                       count_ancestors=self.cfg.count_ancestors)
+                first += int(n)
+            self.plan_cursor += len(batch)
+            self.budget["per_window"][-1]["rollouts"] = self.budget["per_window"][-1].get("rollouts", 0) + total
+            self._tick(total)
+            self._save()
+
+    def _next_round(self, cands: Candidates) -> np.ndarray:
+        """Adaptive mode: (node, token, rollouts) for the window's pairs whose node's alignment sign
+        is still open for some teacher and that are below adaptive_max visits."""
+        ecfg = self.cfg.enrich
+        counts = self.tree.edge_counts()["visits"]
+        out, verdict = [], {}
+        for u, k in self.window_pairs:
+            if int(u) not in verdict:
+                at = cands.node == u
+                edges = [self.tree.edge(u, t) for t in cands.token[at]]
+                in_s = np.array([e is not None and counts[e] >= ecfg.n_sig for e in edges], bool)
+                verdict[int(u)] = in_s.sum() >= 2 and sign_settled(
+                    self.tree, int(u), cands.p[at][in_s], cands.q[:, at][:, in_s], cands.token[at][in_s], ecfg)
+            edge = self.tree.edge(u, k)
+            have = int(counts[edge]) if edge is not None else 0
+            if not verdict[int(u)] and have < ecfg.adaptive_max:
+                out.append((int(u), int(k), min(ecfg.adaptive_step, ecfg.adaptive_max - have)))
+        return np.array(out, np.int64).reshape(-1, 3)
 
     def _tick(self, n: int) -> None:
         if self.progress is not None:

@@ -21,6 +21,26 @@ def exact_run(seed: int, run_dir, cfg: PipelineConfig = SMALL, stop=lambda: Fals
                        stop=stop)
 
 
+def exact_errors(run: QuestionRun, rows: list[dict], algorithm: str = "gkd") -> dict[str, list[float]]:
+    """|cosine from the tree's estimates - cosine from exact P_succ| per teacher, on the same S_u."""
+    from jaxalign.alignment import node_alignment
+
+    policy, tree = run.student, run.tree
+    teachers = {t.name: t.policy for t in run.teachers}
+    errors: dict[str, list[float]] = {name: [] for name in teachers}
+    for row in rows:
+        if row["algorithm"] != algorithm or not row["valid"]:
+            continue
+        table = tree.node_table([row["node"]], run.cfg.enrich.n_sig)
+        prefix = tuple(int(t) for t in tree.prefix(row["node"]))
+        tokens = np.where(table.seen, table.tokens, 0)[0]
+        exact = node_alignment(policy.probs(prefix)[tokens][None], teachers[row["teacher"]].probs(prefix)[tokens][None],
+                               policy.child_success_probs(prefix)[tokens][None], table.in_s)
+        if bool(exact["valid"][0]):
+            errors[row["teacher"]].append(abs(row["cosine"] - float(exact["cosine"][0])))
+    return errors
+
+
 if __name__ == "__main__":
     exact_run(int(sys.argv[1]), sys.argv[2]).run()
     print("WORKER-DONE")

@@ -13,13 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jaxalign.alignment import node_alignment
 from jaxalign.engine.policy import FlaxPolicy
 from jaxalign.enrich import EnrichConfig, depth_windows, plan_window, Candidates
 from jaxalign.models.config import Qwen3Config
 from jaxalign.models.init import init_params
 from jaxalign.pipeline import PipelineConfig, Preempted, QuestionRun, Teacher
-from tests.pipeline_worker import SMALL, exact_run
+from tests.pipeline_worker import SMALL, exact_errors, exact_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # Mean |cosine(estimated P_succ) - cosine(exact P_succ)| must stay below this. With N_min = 60 the
@@ -43,29 +42,40 @@ def test_pipeline_alignment_matches_exact_truth(tmp_path):
     errors, means = {"tilt": [], "anti": [], "noise": []}, {"tilt": [], "anti": [], "noise": []}
     for seed in range(4):
         run = exact_run(seed, tmp_path)
-        summary = run.run()
-        if summary["skipped"]:
+        if run.run()["skipped"]:
             continue
-        policy = run.student
-        teachers = {t.name: t.policy for t in run.teachers}
-        tree = run.tree
-        for row in rows_of(tmp_path, run.qid):
-            if row["algorithm"] != "gkd" or not row["valid"]:
-                continue
-            table = tree.node_table([row["node"]], SMALL.enrich.n_sig)
-            prefix = tuple(int(t) for t in tree.prefix(row["node"]))
-            tokens = np.where(table.seen, table.tokens, 0)[0]
-            p = policy.probs(prefix)[tokens][None]
-            q = teachers[row["teacher"]].probs(prefix)[tokens][None]
-            s_exact = policy.child_success_probs(prefix)[tokens][None]
-            exact = node_alignment(p, q, s_exact, table.in_s)
-            if bool(exact["valid"][0]):
-                errors[row["teacher"]].append(abs(row["cosine"] - float(exact["cosine"][0])))
-            means[row["teacher"]].append(row["cosine"])
+        rows = rows_of(tmp_path, run.qid)
+        for name, errs in exact_errors(run, rows).items():
+            errors[name].extend(errs)
+        for row in rows:
+            if row["algorithm"] == "gkd" and row["valid"]:
+                means[row["teacher"]].append(row["cosine"])
     for name, errs in errors.items():
         assert len(errs) >= 20 and np.mean(errs) < MAE_BOUND, (name, len(errs), np.mean(errs))
     mean = {k: np.mean(v) for k, v in means.items()}
     assert mean["tilt"] > mean["noise"] > mean["anti"], mean  # the known ranking
+
+
+def test_adaptive_enrichment_runs_resumably_and_spends_less(tmp_path):
+    import dataclasses
+
+    adaptive = dataclasses.replace(SMALL, enrich=dataclasses.replace(SMALL.enrich, adaptive=True, n_min=200,
+                                                                    adaptive_step=20, adaptive_max=200))
+    fixed = dataclasses.replace(SMALL, enrich=dataclasses.replace(SMALL.enrich, n_min=200))
+    a = exact_run(0, tmp_path / "adaptive", adaptive).run()
+    f = exact_run(0, tmp_path / "fixed", fixed).run()
+    assert a["budget"]["rollouts"] < f["budget"]["rollouts"]
+    calls = {"n": 0}
+
+    def stop_after_five():
+        calls["n"] += 1
+        return calls["n"] == 5
+
+    with pytest.raises(Preempted):
+        exact_run(0, tmp_path / "resumed", adaptive, stop=stop_after_five).run()
+    resumed = exact_run(0, tmp_path / "resumed", adaptive).run()
+    assert resumed["budget"] == a["budget"]
+    assert rows_of(tmp_path / "resumed", "exact-0") == rows_of(tmp_path / "adaptive", "exact-0")
 
 
 def test_rows_have_the_documented_columns(tmp_path):

@@ -41,8 +41,11 @@ def test_shipped_checkpoints_are_small_and_load_through_the_real_loader(models):
 
 def test_pass_rates_are_in_the_stated_ranges(models):
     task = ToyArith()
-    student = pass_rate(*models["student"][:2], models["student"][2], task, "plain", SAMPLES, seed=7)
-    teacher = pass_rate(*models["teacher"][:2], models["teacher"][2], task, "plain", SAMPLES, seed=7)
+    rates = {}
+    for name in ("student", "teacher"):
+        cfg, params, tok = models[name]
+        rates[name] = pass_rate(params, cfg, tok, task, "plain", SAMPLES, seed=7)
+    student, teacher = rates["student"], rates["teacher"]
     assert STUDENT_RANGE[0] <= student <= STUDENT_RANGE[1], student
     assert teacher >= TEACHER_MIN and teacher > student, (teacher, student)
 
@@ -50,8 +53,8 @@ def test_pass_rates_are_in_the_stated_ranges(models):
 def test_a_correct_demonstration_raises_the_students_pass_rate(models):
     task = ToyArith()
     cfg, params, tok = models["student"]
-    plain = pass_rate(cfg, params, tok, task, "plain", SAMPLES, seed=8)
-    with_demo = pass_rate(cfg, params, tok, task, "SELF-1C", SAMPLES, seed=8)
+    plain = pass_rate(params, cfg, tok, task, "plain", SAMPLES, seed=8)
+    with_demo = pass_rate(params, cfg, tok, task, "SELF-1C", SAMPLES, seed=8)
     assert with_demo > plain + 0.15, (plain, with_demo)
 
 

@@ -1,0 +1,70 @@
+"""Rollouts needed for a mean alignment error <= 0.05 at decision nodes: fixed N_min vs adaptive.
+
+    python bench/enrich_budget.py [--quick]
+
+ExactPolicy questions with a tilted and a noise teacher. Fixed: every planned (node, token) pair
+is topped up to N_min. Adaptive: rounds of 25 rollouts, only for pairs whose node's alignment sign
+is not yet settled, up to a cap. For each setting: rollouts spent and mean |cos - cos_exact| over
+the GKD rows (exact cosine from exact P_succ on the same S_u). "ratio" = adaptive rollouts /
+fixed rollouts at the cheapest setting of each that reaches the target (target: <= 0.5).
+"""
+
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+from _common import parser, report  # noqa: E402
+
+from jaxalign.enrich import EnrichConfig  # noqa: E402
+from jaxalign.pipeline import PipelineConfig  # noqa: E402
+from tests.pipeline_worker import exact_errors, exact_run  # noqa: E402
+
+TARGET = 0.05
+
+
+def measure(enrich: EnrichConfig, seeds) -> dict:
+    cfg = PipelineConfig(num_initial=400, max_response_tokens=8, batch_rollouts=400, enrich=enrich)
+    rollouts, errors = 0, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            run = exact_run(seed, tmp, cfg)
+            summary = run.run()
+            if summary["skipped"]:
+                continue
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(Path(tmp) / "questions" / f"{run.qid}.parquet").to_pylist()
+            rollouts += summary["budget"]["rollouts"]
+            for errs in exact_errors(run, rows).values():
+                errors.extend(errs)
+    return {"rollouts": rollouts, "mean_error": float(np.mean(errors)), "rows": len(errors)}
+
+
+def main():
+    args = parser(__doc__).parse_args()
+    seeds = range(3) if args.quick else range(8)
+    base = EnrichConfig(top_k=30, top_r=30, n_sig=20)
+    fixed = {n: measure(dataclasses.replace(base, n_min=n), seeds) for n in ((50, 200) if args.quick else (50, 100, 200, 400, 800))}
+    adaptive = {cap: measure(dataclasses.replace(base, n_min=cap, adaptive=True, adaptive_step=25, adaptive_max=cap), seeds)
+                for cap in ((200, 400) if args.quick else (100, 200, 400, 800, 1600))}
+
+    def cheapest(results):
+        ok = [r["rollouts"] for r in results.values() if r["mean_error"] <= TARGET]
+        return min(ok) if ok else None
+
+    f, a = cheapest(fixed), cheapest(adaptive)
+    report("enrich_budget", {"questions": len(seeds), "target_error": TARGET,
+                             "fixed": {str(k): v for k, v in fixed.items()},
+                             "adaptive": {str(k): v for k, v in adaptive.items()},
+                             "fixed_rollouts_at_target": f, "adaptive_rollouts_at_target": a,
+                             "ratio": (a / f) if (a and f) else None})
+
+
+if __name__ == "__main__":
+    main()
