@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jaxalign.run  # noqa: E402,F401  (registers the run_schema config node)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
