@@ -6,7 +6,8 @@ ExactPolicy questions with a tilted and a noise teacher. Fixed: every planned (n
 is topped up to N_min. Adaptive: rounds of 25 rollouts, only for pairs whose node's alignment sign
 is not yet settled, up to a cap. For each setting: rollouts spent and mean |cos - cos_exact| over
 the GKD rows (exact cosine from exact P_succ on the same S_u). "ratio" = adaptive rollouts /
-fixed rollouts at the cheapest setting of each that reaches the target (target: <= 0.5).
+fixed rollouts, each interpolated (log-log, between the two settings that bracket the target
+error) to the budget at which its mean error reaches the target (target ratio: <= 0.5).
 """
 
 import dataclasses
@@ -50,15 +51,21 @@ def main():
     args = parser(__doc__).parse_args()
     seeds = range(3) if args.quick else range(8)
     base = EnrichConfig(top_k=30, top_r=30, n_sig=20)
-    fixed = {n: measure(dataclasses.replace(base, n_min=n), seeds) for n in ((50, 200) if args.quick else (50, 100, 200, 400, 800))}
+    fixed = {n: measure(dataclasses.replace(base, n_min=n), seeds)
+             for n in ((25, 100) if args.quick else (25, 50, 75, 100, 200, 400))}
     adaptive = {cap: measure(dataclasses.replace(base, n_min=cap, adaptive=True, adaptive_step=25, adaptive_max=cap), seeds)
-                for cap in ((200, 400) if args.quick else (100, 200, 400, 800, 1600))}
+                for cap in ((25, 100) if args.quick else (25, 50, 75, 100, 200, 400))}
 
-    def cheapest(results):
-        ok = [r["rollouts"] for r in results.values() if r["mean_error"] <= TARGET]
-        return min(ok) if ok else None
+    def at_target(results):
+        """Rollouts at which the mean error crosses TARGET, log-log interpolated between settings."""
+        points = sorted((r["rollouts"], r["mean_error"]) for r in results.values())
+        for (r0, e0), (r1, e1) in zip(points, points[1:]):
+            if e0 > TARGET >= e1:
+                t = (np.log(e0) - np.log(TARGET)) / (np.log(e0) - np.log(e1))
+                return float(np.exp(np.log(r0) + t * (np.log(r1) - np.log(r0))))
+        return float(points[0][0]) if points and points[0][1] <= TARGET else None
 
-    f, a = cheapest(fixed), cheapest(adaptive)
+    f, a = at_target(fixed), at_target(adaptive)
     report("enrich_budget", {"questions": len(seeds), "target_error": TARGET,
                              "fixed": {str(k): v for k, v in fixed.items()},
                              "adaptive": {str(k): v for k, v in adaptive.items()},

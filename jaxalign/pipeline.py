@@ -278,6 +278,8 @@ class QuestionRun:
 
     def _tick(self, n: int) -> None:
         if self.progress is not None:
+            phase = "initial" if self.stage == "initial" else f"enrich w{self.window} r{self.round}"
+            self.progress.set_description(f"{self.qid} {phase}", refresh=False)
             self.progress.update(n)
 
     # --------------------------------------------------------------------------- phase 2

@@ -170,7 +170,10 @@ def execute(dcfg: DictConfig, run_dir: Path) -> dict:
     try:
         job = exact_job(cfg, run_dir, stop) if cfg.student.kind == "exact" else flax_job(cfg, run_dir, stop)
         for q in tqdm(job.questions, desc="questions", unit="q"):
-            summaries.append(job.make_run(q).run())
+            run = job.make_run(q)
+            with tqdm(desc=f"{run.qid} phase 1", unit="rollout", leave=False) as bar:
+                run.progress = bar
+                summaries.append(run.run())
     except Preempted as stopped:
         log.warning("%s; the same command resumes", stopped)
         stop.forward()
