@@ -63,7 +63,9 @@ class BudgetConf:
     top_r: int = 4
     first_window: int = 50
     window_growth: float = 2.0
-    adaptive: bool = False
+    adaptive: bool = False  # stop enriching a node once its alignment sign is settled
+    adaptive_step: int = 25  # rollouts per pair per adaptive round
+    adaptive_max: int = 400  # visits cap per pair in adaptive mode
 
 
 @dataclasses.dataclass
@@ -121,7 +123,8 @@ def validate(cfg: RunConf) -> None:
             elif not Path(t.model).expanduser().is_dir() and "/" not in t.model:
                 raise ConfigError(f"{key}.model: {t.model!r} is neither a directory nor a hub id")
     b = cfg.budget
-    for field in ("num_initial", "max_response_tokens", "batch_rollouts", "n_min", "n_sig", "first_window"):
+    for field in ("num_initial", "max_response_tokens", "batch_rollouts", "n_min", "n_sig", "first_window",
+                  "adaptive_step", "adaptive_max"):
         check(getattr(b, field) >= 1, f"budget.{field}", "must be >= 1")
     check(b.n_sig <= b.n_min, "budget.n_sig", f"{b.n_sig} exceeds budget.n_min={b.n_min}; S_u could never fill")
     check(0 < b.tau < 1, "budget.tau", f"{b.tau} must lie in (0, 1)")
