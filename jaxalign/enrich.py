@@ -98,25 +98,34 @@ def plan_window(tree: RolloutTree, cands: Candidates, window: tuple[int, int], c
     return sorted((int(cands.node[i]), int(cands.token[i]), int(cfg.n_min - visits[i])) for i in chosen)
 
 
+def alignment_dot_coefficients(p_children: np.ndarray, q_children: np.ndarray) -> np.ndarray:
+    """c [K] with dot(g_ideal(s), g_gkd) = Σ_j c_j s_j for every s (GKD renormalized over the K children).
+
+    g_ideal_j = p̃_j (s_j - p̃·s) and Σ_j p̃_j (s_j - p̃·s) g_j = Σ_j s_j p̃_j (g_j - p̃·g).
+    p_children, q_children: [K] probabilities (any scale; renormalized here).
+    """
+    pt = p_children / p_children.sum()
+    qt = q_children / q_children.sum()
+    ell = np.log(pt) - np.log(qt)
+    g = -pt * (ell - pt @ ell)
+    return pt * (g - pt @ g)
+
+
 def sign_settled(tree: RolloutTree, node: int, p_children: np.ndarray, q_children: np.ndarray,
                  tokens: np.ndarray, cfg: EnrichConfig) -> bool:
     """Whether the sign of GKD-ideal alignment at ``node`` is fixed for every teacher.
 
     tokens: [K] children considered (S_u); p_children [K], q_children [T, K] their probabilities.
-    dot(ideal, gkd) = Σ_j c_j s_j with c_j = p̃_j (g_j - Σ_k p̃_k g_k), linear in s; its min and
-    max over the Wilson box of s decide.
+    The dot product is linear in s (:func:`alignment_dot_coefficients`), so its min and max over the
+    Wilson box of s are exact.
     """
     counts = tree.edge_counts()
     edges = [tree.edge(node, t) for t in tokens]
     if any(e is None for e in edges) or len(edges) < 2:
         return False
     low, high = wilson_interval(counts["successes"][edges], counts["visits"][edges], cfg.z)
-    pt = p_children / p_children.sum()
     for q in np.atleast_2d(q_children):
-        qt = q / q.sum()
-        ell = np.log(pt) - np.log(qt)
-        g = -pt * (ell - pt @ ell)
-        c = pt * (g - pt @ g)
+        c = alignment_dot_coefficients(p_children, q)
         lo, hi = np.where(c > 0, c * low, c * high).sum(), np.where(c > 0, c * high, c * low).sum()
         if lo <= 0 <= hi:
             return False
