@@ -26,8 +26,10 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from jaxalign.alignment import NodeBatch, algorithm_alignment, divergences, node_alignment
+from jaxalign.alignment import NodeBatch, algorithm_alignment, node_alignment
 from jaxalign.checkpoint import QuestionCheckpoints
+from jaxalign.engine.sampling import bucket
+from jaxalign.engine.scoring import compare
 from jaxalign.enrich import Candidates, EnrichConfig, depth_windows, plan_window, sign_settled
 from jaxalign.policy import Policy
 from jaxalign.tree import RolloutTree
@@ -81,8 +83,6 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 class QuestionRun:
     """Runs (or resumes) one question. ``grade(response_tokens) -> bool``; ``stop()`` -> bool asks
     for a clean stop at the next safe point."""
-
-    STAGES = ("initial", "enrich", "done")
 
     def __init__(self, qid: str, student: Policy, prompt: np.ndarray, teachers: Sequence[Teacher],
                  grade: Callable[[np.ndarray], bool], cfg: PipelineConfig, run_dir: str | Path,
@@ -293,18 +293,21 @@ class QuestionRun:
             depths = [d for d in range(length) if int(tree.a["path_nodes"][path, d]) in decision]
             if not depths:
                 continue
-            nodes = tree.a["path_nodes"][path, depths]
+            count = len(depths)
+            # the jitted kernels see [bucket(M), bucket(K)] batches: padded rows repeat the last node
+            # and are sliced off below, so compiles stay bounded across paths and questions
+            positions = np.array(depths + [depths[-1]] * (bucket(count, 8) - count))
+            nodes = tree.a["path_nodes"][path, positions]
             response = tree.a["path_tokens"][path, :length]
-            table = tree.node_table(nodes, ecfg.n_sig)
+            widest = tree.node_table(nodes, ecfg.n_sig).tokens.shape[1]
+            table = tree.node_table(nodes, ecfg.n_sig, columns=bucket(widest, 4))
             safe = np.where(table.seen, table.tokens, 0)
-            logp = self.student.next_token_logprobs(self.prompt, response, np.array(depths)).astype(np.float64)
-            p = np.take_along_axis(np.exp(logp), safe, 1)
+            logp = self.student.next_token_logprobs(self.prompt, response, positions)
             for teacher in self.teachers:
-                logq = teacher.policy.next_token_logprobs(teacher.prompt, response, np.array(depths)).astype(np.float64)
-                q = np.take_along_axis(np.exp(logq), safe, 1)
-                feats = {k: np.asarray(v, np.float64) for k, v in divergences(logp.astype(np.float32),
-                                                                              logq.astype(np.float32)).items()}
-                kl, js, l2, cos_pq = feats["kl"], feats["js"], feats["l2"], feats["cos"]
+                logq = teacher.policy.next_token_logprobs(teacher.prompt, response, positions)
+                cmp = {k: np.asarray(v, np.float64) for k, v in compare(logp, logq, safe).items()}
+                p, q, kl = cmp["p_at"], cmp["q_at"], cmp["kl"]
+                js, l2, cos_pq = cmp["js"], cmp["l2"], cmp["cos"]
                 batch = NodeBatch(p=p, q=q, s=table.s, in_s=table.in_s, seen=table.seen, kl_full=kl,
                                   onp_visits=table.onp_visits.astype(np.float64),
                                   onp_successes=table.onp_successes.astype(np.float64),
@@ -314,7 +317,7 @@ class QuestionRun:
                 results = {"gkd": renorm["gkd"], "gkd_full": full, "single_sample_mc": renorm["single_sample_mc"],
                            "drgrpo_mc": renorm["drgrpo_mc"]}
                 node_stats = renorm["node"]
-                for i, d in enumerate(depths):
+                for i, d in enumerate(depths):  # the first `count` rows; the rest is padding
                     for algo in ROW_ALGORITHMS:
                         r = results[algo]
                         rows.append({

@@ -72,15 +72,16 @@ class Job:
 
 
 def exact_job(cfg: C.RunConf, run_dir: Path, stop) -> Job:
-    pcfg = pipeline_config(dataclasses.replace(cfg, budget=dataclasses.replace(
-        cfg.budget, max_response_tokens=8)))
+    pcfg = pipeline_config(cfg)
     seeds = [cfg.dataset.seed + cfg.student.exact_seed_offset + i for i in range(cfg.dataset.num_questions)]
 
     def make_run(seed):
         policy = ExactPolicy(seed=seed)
+        # the tabular model bounds its own responses; the budget's token limit does not apply
+        question_cfg = dataclasses.replace(pcfg, max_response_tokens=policy.max_len)
         teachers = [Teacher(name, policy.tilted_teacher(t.tilt) if t.tilt else policy.noise_teacher(t.noise), None)
                     for name, t in cfg.teachers.items()]
-        return QuestionRun(f"exact-{seed}", policy, np.zeros(1, np.int64), teachers, policy.is_success, pcfg,
+        return QuestionRun(f"exact-{seed}", policy, np.zeros(1, np.int64), teachers, policy.is_success, question_cfg,
                            run_dir, stop=stop)
 
     return Job(seeds, make_run)
