@@ -2,9 +2,9 @@
 
     python bench/enrich_budget.py [--quick]
 
-ExactPolicy questions with a tilted and a noise teacher. Fixed: every planned (node, token) pair
-is topped up to N_min. Adaptive: rounds of 25 rollouts, only for pairs whose node's alignment sign
-is not yet settled, up to a cap. For each setting: rollouts spent and mean |cos - cos_exact| over
+ExactPolicy questions with tilted, anti-tilted and noise teachers. Fixed: every planned (node, token)
+pair is topped up to N_min. Adaptive: rounds of 25 rollouts, only for the children that keep some
+teacher's alignment sign open at their node (jaxalign.enrich.children_to_enrich), up to a cap. For each setting: rollouts spent and mean |cos - cos_exact| over
 the GKD rows (exact cosine from exact P_succ on the same S_u). "ratio" = adaptive rollouts /
 fixed rollouts, each interpolated (log-log, between the two settings that bracket the target
 error) to the budget at which its mean error reaches the target (target ratio: <= 0.5).
@@ -51,10 +51,10 @@ def main():
     args = parser(__doc__).parse_args()
     seeds = range(3) if args.quick else range(8)
     base = EnrichConfig(top_k=30, top_r=30, n_sig=20)
-    fixed = {n: measure(dataclasses.replace(base, n_min=n), seeds)
-             for n in ((25, 100) if args.quick else (25, 50, 75, 100, 200, 400))}
+    settings = (25, 100) if args.quick else (25, 50, 75, 100, 125, 150, 200, 400)
+    fixed = {n: measure(dataclasses.replace(base, n_min=n), seeds) for n in settings}
     adaptive = {cap: measure(dataclasses.replace(base, n_min=cap, adaptive=True, adaptive_step=25, adaptive_max=cap), seeds)
-                for cap in ((25, 100) if args.quick else (25, 50, 75, 100, 200, 400))}
+                for cap in settings}
 
     def at_target(results):
         """Rollouts at which the mean error crosses TARGET, log-log interpolated between settings."""

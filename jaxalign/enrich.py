@@ -6,10 +6,12 @@ teachers, among tokens with P_θ > τ or P_te > τ and fewer than N_min visits. 
 topped up to N_min visits with completions of prefix(node) + token; completions of one prefix
 share one prefill (the engine's forking).
 
-Adaptive option (beyond the paper): a pair stops being enriched once the sign of every teacher's
-alignment at its node is settled by the Wilson intervals of the children's P̂_succ. The GKD·ideal
-dot product is linear in s, so its extremes over the interval box are exact. Budget then goes to
-unsettled nodes, in rounds of ``adaptive_step`` rollouts, up to ``adaptive_max`` visits.
+Adaptive option (beyond the paper; it generalises VinePPO's confidence-interval stopping). After
+the first round of ``adaptive_step`` rollouts per pair, further rounds go only to nodes where the
+sign of some teacher's alignment is not settled by the Wilson intervals of the children's P̂_succ,
+up to ``adaptive_max`` visits per pair. The GKD·ideal dot product is linear in s, so its extremes
+over the interval box are exact. Within an open node only the children that carry a real share
+of the interval's width get the next round (:func:`children_to_enrich`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class EnrichConfig:
     adaptive: bool = False
     adaptive_step: int = 25
     adaptive_max: int = 400
+    adaptive_share: float = 1.0  # a child of an open node gets a round if its share of the width >= this / |S_u|
     z: float = 1.959964
 
 
@@ -111,22 +114,43 @@ def alignment_dot_coefficients(p_children: np.ndarray, q_children: np.ndarray) -
     return pt * (g - pt @ g)
 
 
-def sign_settled(tree: RolloutTree, node: int, p_children: np.ndarray, q_children: np.ndarray,
-                 tokens: np.ndarray, cfg: EnrichConfig) -> bool:
-    """Whether the sign of GKD-ideal alignment at ``node`` is fixed for every teacher.
+def sign_intervals(p_children: np.ndarray, q_children: np.ndarray, successes: np.ndarray, visits: np.ndarray,
+                   z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """Exact range of dot(g_ideal(s), g_gkd) over the Wilson box of s, per teacher, and each child's share.
 
-    tokens: [K] children considered (S_u); p_children [K], q_children [T, K] their probabilities.
-    The dot product is linear in s (:func:`alignment_dot_coefficients`), so its min and max over the
-    Wilson box of s are exact.
+    p_children [K], q_children [T, K]: the S_u children's probabilities; successes, visits [K].
+    The dot product is Σ_j c_j s_j (:func:`alignment_dot_coefficients`), so its min and max over
+    the box are exact. Returns bounds [T, 2] float64 (low, high) and width [T, K] float64, child
+    j's part |c_j| (high_j - low_j) of the interval's width.
     """
-    counts = tree.edge_counts()
-    edges = [tree.edge(node, t) for t in tokens]
-    if any(e is None for e in edges) or len(edges) < 2:
-        return False
-    low, high = wilson_interval(counts["successes"][edges], counts["visits"][edges], cfg.z)
-    for q in np.atleast_2d(q_children):
+    low, high = wilson_interval(successes, visits, z)
+    q_children = np.atleast_2d(q_children)
+    bounds, width = np.zeros((len(q_children), 2)), np.zeros((len(q_children), len(p_children)))
+    for t, q in enumerate(q_children):
         c = alignment_dot_coefficients(p_children, q)
-        lo, hi = np.where(c > 0, c * low, c * high).sum(), np.where(c > 0, c * high, c * low).sum()
-        if lo <= 0 <= hi:
-            return False
-    return True
+        bounds[t] = np.where(c > 0, c * low, c * high).sum(), np.where(c > 0, c * high, c * low).sum()
+        width[t] = np.abs(c) * (high - low)
+    return bounds, width
+
+
+def sign_settled(p_children: np.ndarray, q_children: np.ndarray, successes: np.ndarray, visits: np.ndarray,
+                 z: float = 1.959964) -> bool:
+    """Whether the sign of the GKD-ideal alignment is the same everywhere in the Wilson box, for every teacher."""
+    bounds, _ = sign_intervals(p_children, q_children, successes, visits, z)
+    return bool(((bounds[:, 0] > 0) | (bounds[:, 1] < 0)).all())
+
+
+def children_to_enrich(p_children: np.ndarray, q_children: np.ndarray, successes: np.ndarray,
+                       visits: np.ndarray, cfg: EnrichConfig) -> np.ndarray:
+    """The adaptive rule at one node: which S_u children get another round. [K] bool; none = settled.
+
+    p_children [K], q_children [T, K], successes, visits [K] as in :func:`sign_intervals`.
+    A teacher is open while the sign of its alignment is not fixed. A child gets a round when, for
+    some open teacher, its share of the sign interval's width is at least adaptive_share / K:
+    budget goes to the children whose P̂_succ keeps the sign open, not to those known well enough.
+    """
+    k = len(p_children)
+    bounds, width = sign_intervals(p_children, q_children, successes, visits, cfg.z)
+    sign_open = (bounds[:, 0] <= 0) & (bounds[:, 1] >= 0)
+    share = width[sign_open] / np.maximum(width[sign_open].sum(1, keepdims=True), 1e-300)
+    return (share >= cfg.adaptive_share / k).any(0)

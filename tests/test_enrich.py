@@ -1,8 +1,10 @@
 """The planner's selection rule and the adaptive sign test, against plain NumPy."""
 
 import numpy as np
+import pytest
 
-from jaxalign.enrich import Candidates, EnrichConfig, alignment_dot_coefficients, plan_window, sign_settled
+from jaxalign.enrich import (Candidates, EnrichConfig, alignment_dot_coefficients, children_to_enrich, plan_window,
+                             sign_settled)
 from jaxalign.tree import RolloutTree, wilson_interval
 
 EOS = 9
@@ -36,12 +38,39 @@ def test_a_settled_sign_holds_everywhere_in_the_interval_box():
         p, q = rng.dirichlet(np.ones(3)), rng.dirichlet(np.ones(3))
         c = alignment_dot_coefficients(p, q)
         signs = {np.sign(c @ s) for s in rng.uniform(low, high, size=(300, 3))}
-        if sign_settled(tree, 0, p, q[None], tokens, EnrichConfig()):
+        if sign_settled(p, q[None], counts["successes"][edges], counts["visits"][edges]):
             settled_seen += 1
             assert len(signs) == 1
         else:
             open_seen += 1
     assert settled_seen > 10 and open_seen > 10  # both verdicts occur, so the test has teeth
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_only_children_that_keep_the_sign_open_get_another_round(share):
+    rng = np.random.default_rng(2)
+    cfg = EnrichConfig(adaptive_share=share)
+    chosen_some = settled_some = 0
+    for _ in range(300):
+        k, t = int(rng.integers(2, 6)), int(rng.integers(1, 4))
+        p, q = rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k), size=t)
+        visits = rng.integers(20, 400, size=k)
+        successes = rng.binomial(visits, rng.uniform(size=k))
+        low, high = wilson_interval(successes, visits)
+        want = np.zeros(k, bool)
+        for qt in q:  # plain reference: a teacher is open iff both signs occur at the box's corners
+            c = alignment_dot_coefficients(p, qt)
+            corners = np.array(np.meshgrid(*[[lo, hi] for lo, hi in zip(low, high)])).reshape(k, -1).T
+            dots = corners @ c
+            if dots.min() <= 0 <= dots.max():
+                width = np.abs(c) * (high - low)
+                want |= width / width.sum() >= share / k
+        got = children_to_enrich(p, q, successes, visits, cfg)
+        np.testing.assert_array_equal(got, want)
+        assert sign_settled(p, q, successes, visits) == (not want.any())
+        chosen_some += want.any() and not want.all()
+        settled_some += not want.any()
+    assert chosen_some > 10 and settled_some > 10  # partial choices and settled nodes both occur
 
 
 def test_plan_takes_top_k_by_gkd_and_top_r_by_gap_among_eligible_pairs():
