@@ -69,11 +69,20 @@ class BudgetConf:
 
 
 @dataclasses.dataclass
+class ShardConf:
+    """Question sharding: this job takes questions index, index + count, ... (a SLURM array task i of n)."""
+
+    index: int = 0
+    count: int = 1
+
+
+@dataclasses.dataclass
 class RunConf:
     student: ModelConf = dataclasses.field(default_factory=ModelConf)
     teachers: Dict[str, TeacherConf] = dataclasses.field(default_factory=dict)
     dataset: DatasetConf = dataclasses.field(default_factory=DatasetConf)
     budget: BudgetConf = dataclasses.field(default_factory=BudgetConf)
+    shard: ShardConf = dataclasses.field(default_factory=ShardConf)
     seed: int = 0
     demo_temperature: float = 0.7
     demo_trials: int = 60
@@ -132,6 +141,11 @@ def validate(cfg: RunConf) -> None:
     check(b.window_growth >= 1, "budget.window_growth", "must be >= 1")
     check(cfg.demo_temperature > 0, "demo_temperature", "must be > 0")
     check(cfg.demo_trials >= 1, "demo_trials", "must be >= 1")
+    check(cfg.shard.count >= 1, "shard.count", "must be >= 1")
+    check(0 <= cfg.shard.index < cfg.shard.count, "shard.index",
+          f"{cfg.shard.index} is outside 0..{cfg.shard.count - 1} (shard.count={cfg.shard.count})")
+    check(cfg.shard.count <= cfg.dataset.num_questions, "shard.count",
+          f"{cfg.shard.count} shards for {cfg.dataset.num_questions} questions would leave shards empty")
     check(cfg.throughput_tokens_per_s > 0, "throughput_tokens_per_s", "must be > 0")
     if cfg.student.kind == "flax" and cfg.student.path.startswith("toy:"):
         resolve_model_path(cfg.student.path)

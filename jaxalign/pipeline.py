@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -30,7 +29,8 @@ from jaxalign.alignment import NodeBatch, algorithm_alignment, node_alignment
 from jaxalign.checkpoint import QuestionCheckpoints
 from jaxalign.engine.sampling import bucket
 from jaxalign.engine.scoring import compare
-from jaxalign.enrich import Candidates, EnrichConfig, depth_windows, plan_window, sign_settled
+from jaxalign.enrich import Candidates, EnrichConfig, children_to_enrich, depth_windows, plan_window
+from jaxalign.files import atomic_write, write_json
 from jaxalign.policy import Policy
 from jaxalign.tree import RolloutTree
 
@@ -71,13 +71,6 @@ def question_key(seed: int, qid: str, *path: int) -> jax.Array:
     for p in path:
         key = jax.random.fold_in(key, p)
     return key
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class QuestionRun:
@@ -258,21 +251,29 @@ class QuestionRun:
             self._save()
 
     def _next_round(self, cands: Candidates) -> np.ndarray:
-        """Adaptive mode: (node, token, rollouts) for the window's pairs whose node's alignment sign
-        is still open for some teacher and that are below adaptive_max visits."""
+        """Adaptive mode: (node, token, rollouts) for the window's pairs that the adaptive rule
+        (:func:`children_to_enrich`) still wants, below adaptive_max visits. A pair below N_sig
+        is always wanted: its node's rule cannot see it yet."""
         ecfg = self.cfg.enrich
-        counts = self.tree.edge_counts()["visits"]
-        out, verdict = [], {}
+        counts = self.tree.edge_counts()
+        wanted: set[tuple[int, int]] = set()
+        for u in np.unique(self.window_pairs[:, 0]):
+            at = np.flatnonzero(cands.node == u)
+            edges = np.array([self.tree.edge(u, t) if self.tree.edge(u, t) is not None else -1 for t in cands.token[at]])
+            in_s = (edges >= 0) & (counts["visits"][edges] >= ecfg.n_sig)
+            wanted |= {(int(u), int(t)) for t in cands.token[at][~in_s]}
+            if in_s.sum() < 2:
+                wanted |= {(int(u), int(t)) for t in cands.token[at]}
+                continue
+            e = edges[in_s]
+            more = children_to_enrich(cands.p[at][in_s], cands.q[:, at][:, in_s], counts["successes"][e],
+                                      counts["visits"][e], ecfg)
+            wanted |= {(int(u), int(t)) for t in cands.token[at][in_s][more]}
+        out = []
         for u, k in self.window_pairs:
-            if int(u) not in verdict:
-                at = cands.node == u
-                edges = [self.tree.edge(u, t) for t in cands.token[at]]
-                in_s = np.array([e is not None and counts[e] >= ecfg.n_sig for e in edges], bool)
-                verdict[int(u)] = in_s.sum() >= 2 and sign_settled(
-                    self.tree, int(u), cands.p[at][in_s], cands.q[:, at][:, in_s], cands.token[at][in_s], ecfg)
             edge = self.tree.edge(u, k)
-            have = int(counts[edge]) if edge is not None else 0
-            if not verdict[int(u)] and have < ecfg.adaptive_max:
+            have = int(counts["visits"][edge]) if edge is not None else 0
+            if (int(u), int(k)) in wanted and have < ecfg.adaptive_max:
                 out.append((int(u), int(k), min(ecfg.adaptive_step, ecfg.adaptive_max - have)))
         return np.array(out, np.int64).reshape(-1, 3)
 
@@ -353,15 +354,20 @@ class QuestionRun:
         rows = [] if self.skip_reason else self._score()
         self.timings["total_s"] = round(time.time() - start, 3)
         self.ckpt.close()
-        _atomic_write(parquet, lambda p: _write_parquet(rows, p))
+        atomic_write(parquet, lambda p: _write_parquet(rows, p))
         if self.tree is not None:
-            _atomic_write(tree_path, lambda p: np.savez(open(p, "wb"), **self.tree.to_pytree()))
+            atomic_write(tree_path, lambda p: _write_npz(self.tree.to_pytree(), p))
         summary = {"qid": self.qid, "skipped": self.skip_reason is not None, "skip_reason": self.skip_reason,
                    "pass_rate": float(self.init_success.mean()), "budget": self.budget, "rows": len(rows),
                    "decision_nodes": int(len(self.tree.decision_nodes(self.cfg.enrich.n_sig))) if self.tree else 0,
                    "timings": self.timings}
-        _atomic_write(summary_path, lambda p: p.write_text(json.dumps(summary, indent=1)))
+        write_json(summary_path, summary)
         return summary
+
+
+def _write_npz(arrays: dict, path: Path) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, **arrays)
 
 
 def _write_parquet(rows: list[dict], path: Path) -> None:

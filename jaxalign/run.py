@@ -8,7 +8,6 @@ derived from the config, so the same command resumes an interrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -26,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from jaxalign import config as C
+from jaxalign import rundir
 from jaxalign.contexts import (DemonstrationCache, ToyRuleSummarizer, build_context, check_same_generation_prompt,
                                sample_demonstrations)
 from jaxalign.enrich import EnrichConfig, depth_windows
@@ -33,7 +33,6 @@ from jaxalign.errors import ConfigError
 from jaxalign.exact import ExactPolicy
 from jaxalign.pipeline import PipelineConfig, Preempted, QuestionRun, Teacher, question_key
 from jaxalign.preemption import StopRequest
-from jaxalign.report import write_report
 
 log = logging.getLogger("jaxalign.run")
 ConfigStore.instance().store(name="run_schema", node=C.RunConf)
@@ -166,12 +165,17 @@ def execute(dcfg: DictConfig, run_dir: Path) -> dict:
         print(json.dumps(cost, indent=1))
         return cost
     run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.claim(run_dir, resolved)
     start = time.time()
     stop = StopRequest()
     summaries = []
+    shard = cfg.shard
     try:
         job = exact_job(cfg, run_dir, stop) if cfg.student.kind == "exact" else flax_job(cfg, run_dir, stop)
-        for q in tqdm(job.questions, desc="questions", unit="q"):
+        questions = job.questions[shard.index::shard.count]
+        if shard.count > 1:
+            log.info("shard %d of %d: %d of %d questions", shard.index, shard.count, len(questions), len(job.questions))
+        for q in tqdm(questions, desc="questions", unit="q"):
             run = job.make_run(q)
             with tqdm(desc=f"{run.qid} phase 1", unit="rollout", leave=False) as bar:
                 run.progress = bar
@@ -181,15 +185,18 @@ def execute(dcfg: DictConfig, run_dir: Path) -> dict:
         stop.forward()
     finally:
         stop.restore()
-    report = write_report(run_dir)
     totals = {"questions": len(summaries), "skipped": sum(s["skipped"] for s in summaries),
               "rollouts": sum(s["budget"]["rollouts"] for s in summaries),
               "tokens": sum(s["budget"]["tokens"] for s in summaries), "wall_s": round(time.time() - start, 1)}
-    record = {"config": resolved, "config_hash": hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest(),
-              "versions": versions(), "devices": [str(d) for d in jax.devices()], "totals": totals}
-    (run_dir / "run.json").write_text(json.dumps(record, indent=1))
+    result = rundir.result_config(resolved)
+    record = {"config": result, "config_hash": rundir.config_hash(result), "versions": versions(),
+              "shard": {"index": shard.index, "count": shard.count},
+              "devices": [str(d) for d in jax.devices()], "totals": totals}
+    merged = rundir.finish(run_dir, record, shard.index, shard.count)
     log.info("done: %s; results in %s", totals, run_dir)
-    print(report)
+    if merged is not None:
+        print(merged["report"])
+        return merged["record"]
     return record
 
 

@@ -125,7 +125,7 @@ class RolloutTree:
     def to_pytree(self) -> dict[str, np.ndarray]:
         """All state as a dict of numpy arrays (edge arrays trimmed to their used length)."""
         return {k: (v[: self._num_edges] if k.startswith(("edge_", *_EDGE_COUNTS)) else v).copy()
-                for k, v in self.a.items()}
+                for k, v in sorted(self.a.items())}  # sorted: the same file whether or not it was restored
 
     @classmethod
     def from_pytree(cls, tree: dict[str, np.ndarray]) -> "RolloutTree":

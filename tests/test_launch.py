@@ -1,20 +1,16 @@
-"""Launching: the SLURM profile, the partition check before submission, a submitit_local sweep."""
+"""Launching: the SLURM profile and its sbatch script, the partition check before submission,
+submitit_local sweeps and preemption. The tests on a real SLURM cluster are in test_slurm.py."""
 
 import json
 import os
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
-import jaxalign.run  # noqa: E402,F401  (registers the run_schema config node)
+import jaxalign.run  # noqa: F401  (registers the run_schema config node)
+from tests.launch_helpers import (EXACT_JOB, ROOT, assert_same_results, checkpoints, job_dirs, reference_run,
+                                  run_main, wait_until)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(*args, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "jaxalign.run", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+_run = run_main
 
 
 def test_slurm_profile_composes_with_the_preemption_settings():
@@ -52,3 +48,63 @@ def test_two_by_two_multirun_with_submitit_local(tmp_path):
     seen = {(json.loads(p.read_text())["config"]["seed"], json.loads(p.read_text())["config"]["budget"]["n_min"])
             for p in runs}
     assert seen == {(0, 30), (0, 60), (1, 30), (1, 60)}
+
+
+def test_sbatch_script_has_the_profile_directives(tmp_path, monkeypatch):
+    """The plugin's own launch(), with submission replaced by writing the sbatch script it would submit."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    scripts = []
+
+    class Recording(submitit.AutoExecutor):
+        def map_array(self, fn, *args):
+            scripts.append(self._executor._make_submission_file_text("python -m jaxalign.run", "uid"))
+            return []
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Recording)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu-long",
+                                 f"hydra.sweep.dir={tmp_path}", "hydra.job.name=run"])
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    launcher.launch([["seed=0"]], initial_job_idx=0)
+    lines = set(scripts[0].splitlines())
+    for directive in ("--partition=gpu-long", "--gpus-per-node=1", "--time=240", "--signal=USR2@180", "--requeue",
+                      "--cpus-per-task=8", "--mem=64GB", "--open-mode=append"):
+        assert f"#SBATCH {directive}" in lines, (directive, scripts[0])
+
+
+def _task_pid(sweep: Path):
+    """The submitit_local task process: the child of the controller whose pid names the job folder."""
+    for job in (sweep / ".submitit").glob("[0-9]*"):
+        children = Path(f"/proc/{job.name}/task/{job.name}/children")
+        if children.is_file() and children.read_text().split():
+            return int(children.read_text().split()[0])
+    return None
+
+
+def test_submitit_local_preemption_requeues_and_resumes_to_identical_results(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_main("-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *EXACT_JOB, background=True)
+    task = wait_until(lambda: _task_pid(sweep) if job_dirs(sweep) and checkpoints(job_dirs(sweep)[0], "exact-0") >= 3
+                      else None, 120, "the job's third checkpoint")
+    os.kill(task, signal.SIGUSR2)  # what SLURM sends before a time limit or a preemption
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    (run_dir,) = job_dirs(sweep)
+    log = (run_dir / "run-shard0.log").read_text()
+    assert "received SIGUSR2" in log and "Requeued job" in log and "resumed from checkpoint" in log, log
+    assert_same_results(run_dir, reference_run(tmp_path, *EXACT_JOB))
+
+
+def test_paper_grid_names_missing_options_before_submitting():
+    import subprocess
+
+    result = subprocess.run([str(ROOT / "launch" / "paper_grid.sh"), "--slurm", "gpu"], capture_output=True, text=True,
+                            env=dict(os.environ, DATASETS="toy_arith,boolq", PYTHON="false"))
+    assert result.returncode == 2
+    assert "dataset=boolq (conf/dataset/boolq.yaml)" in result.stderr and "toy_arith (" not in result.stderr
+    assert "teachers=paper8" in result.stderr

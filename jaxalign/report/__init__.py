@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+
+from jaxalign.files import write_text
 
 COLUMNS = ("teacher", "algorithm", "nodes", "skipped", "mean_cosine", "ci95", "weighted_cosine", "mean_signal",
            "frac_positive", "mean_cos_correct", "mean_cos_incorrect")
@@ -66,11 +69,11 @@ def write_report(run_dir: str | Path) -> str:
     summary = summarize(load_rows(run_dir))
     questions = [json.loads(p.read_text()) for p in sorted((run_dir / "questions").glob("*.json"))]
     out = run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(summary)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(summary)
+    write_text(out / "summary.csv", table.getvalue())
     text = markdown(summary, questions)
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
     return text

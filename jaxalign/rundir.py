@@ -1,0 +1,120 @@
+"""A run directory: which config it belongs to, its shards, and merging them into run.json.
+
+A run directory is derived from the config, so rerunning a command resumes it. That makes a
+silent mix-up possible: the same directory reached by a different config would reuse finished
+questions computed under other settings. ``config.json`` pins the directory to the settings that
+shape results (everything but the shard, the dry-run switch and the cost model); a job whose
+settings differ stops before any work, naming the keys.
+
+Shards (SLURM array task i of n) write ``shards/<i>-of-<n>.json`` next to the per-question files
+they share. Whichever shard finds every record present merges them: run.json and the report.
+``python -m jaxalign.aggregate DIR`` does the same by hand, for one run or a whole sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from jaxalign.errors import ConfigError, JaxalignError
+from jaxalign.files import write_json
+
+log = logging.getLogger(__name__)
+NOT_RESULT_KEYS = ("shard", "dry_run", "throughput_tokens_per_s")
+
+
+def result_config(resolved: dict) -> dict:
+    """The part of a resolved config that shapes results."""
+    return {k: v for k, v in resolved.items() if k not in NOT_RESULT_KEYS}
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def claim(run_dir: Path, resolved: dict) -> None:
+    """Pins ``run_dir`` to this config, or raises ConfigError if it holds another config's results."""
+    mine = result_config(resolved)
+    path = run_dir / "config.json"
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        if theirs != mine:
+            a, b = _flatten(theirs), _flatten(mine)
+            keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            shown = ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys[:6])
+            raise ConfigError(f"{run_dir} holds results of another config ({shown}"
+                              f"{', ...' if len(keys) > 6 else ''}); pass hydra.run.dir=NEW_DIR (or "
+                              "hydra.sweep.dir for -m), or delete the directory to recompute")
+        return
+    write_json(path, mine)
+
+
+def shard_record_path(run_dir: Path, index: int, count: int) -> Path:
+    return run_dir / "shards" / f"{index}-of-{count}.json"
+
+
+def merge(run_dir: str | Path) -> dict:
+    """Merges the shard records of ``run_dir`` into run.json and rebuilds the report.
+
+    Raises JaxalignError naming the missing shards when the set is incomplete (rerun those jobs:
+    they resume, and finished questions are not recomputed).
+    """
+    from jaxalign.report import write_report
+
+    run_dir = Path(run_dir)
+    records = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("*-of-*.json"))]
+    if not records:
+        raise JaxalignError(f"{run_dir}: no shard records in shards/; is this a run directory of a sharded run?")
+    counts = {r["shard"]["count"] for r in records}
+    if len(counts) != 1:
+        raise JaxalignError(f"{run_dir}: shard records with different shard.count {sorted(counts)}; delete the "
+                            "stale ones in shards/ (the per-question results stay valid)")
+    count = counts.pop()
+    have = {r["shard"]["index"] for r in records}
+    missing = sorted(set(range(count)) - have)
+    if missing:
+        raise JaxalignError(f"{run_dir}: shards {missing} of {count} have not finished; rerun them with "
+                            f"shard.count={count} shard.index=I (they resume)")
+    totals = {key: sum(r["totals"][key] for r in records) for key in ("questions", "skipped", "rollouts", "tokens")}
+    totals["wall_s"] = round(max(r["totals"]["wall_s"] for r in records), 1)
+    first = records[0]
+    record = {**{k: first[k] for k in ("config", "config_hash", "versions")},
+              "shards": [{"index": r["shard"]["index"], "devices": r["devices"], "totals": r["totals"]}
+                         for r in sorted(records, key=lambda r: r["shard"]["index"])],
+              "totals": totals}
+    report = write_report(run_dir)
+    write_json(run_dir / "run.json", record)
+    log.info("merged %d shards of %s: %s", count, run_dir, totals)
+    return {"record": record, "report": report}
+
+
+def finish(run_dir: Path, record: dict, index: int, count: int) -> dict | None:
+    """Writes this job's record; the job that completes the set merges. Returns merge() or None.
+
+    Every job writes first and looks second, so at least one job sees the full set; two that do
+    both merge, into the same files, atomically.
+    """
+    from jaxalign.report import write_report
+
+    if count == 1:
+        report = write_report(run_dir)
+        write_json(run_dir / "run.json", record)
+        return {"record": record, "report": report}
+    write_json(shard_record_path(run_dir, index, count), record)
+    done = [shard_record_path(run_dir, i, count).is_file() for i in range(count)]
+    if not all(done):
+        log.info("shard %d of %d done; %d still running. The last one merges (or: python -m jaxalign.aggregate %s)",
+                 index, count, done.count(False), run_dir)
+        return None
+    return merge(run_dir)
