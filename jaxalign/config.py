@@ -63,9 +63,10 @@ class BudgetConf:
     top_r: int = 4
     first_window: int = 50
     window_growth: float = 2.0
-    adaptive: bool = False  # stop enriching a node once its alignment sign is settled
+    adaptive: bool = False  # further rounds only where some teacher's alignment sign is still open
     adaptive_step: int = 25  # rollouts per pair per adaptive round
     adaptive_max: int = 400  # visits cap per pair in adaptive mode
+    adaptive_share: float = 1.0  # a child of an open node gets a round if its share of the sign interval >= this / K
 
 
 @dataclasses.dataclass
@@ -139,6 +140,7 @@ def validate(cfg: RunConf) -> None:
     check(0 < b.tau < 1, "budget.tau", f"{b.tau} must lie in (0, 1)")
     check(b.top_k >= 0 and b.top_r >= 0, "budget.top_k", "top_k and top_r must be >= 0")
     check(b.window_growth >= 1, "budget.window_growth", "must be >= 1")
+    check(0 < b.adaptive_share <= 1, "budget.adaptive_share", f"{b.adaptive_share} must lie in (0, 1]")
     check(cfg.demo_temperature > 0, "demo_temperature", "must be > 0")
     check(cfg.demo_trials >= 1, "demo_trials", "must be >= 1")
     check(cfg.shard.count >= 1, "shard.count", "must be >= 1")

@@ -45,7 +45,8 @@ def pipeline_config(cfg: C.RunConf) -> PipelineConfig:
         include_path_rollout=cfg.include_path_rollout, count_ancestors=cfg.count_ancestors, seed=cfg.seed,
         enrich=EnrichConfig(first_window=b.first_window, window_growth=b.window_growth, top_k=b.top_k,
                             top_r=b.top_r, tau=b.tau, n_min=b.n_min, n_sig=b.n_sig, adaptive=b.adaptive,
-                            adaptive_step=b.adaptive_step, adaptive_max=b.adaptive_max),
+                            adaptive_step=b.adaptive_step, adaptive_max=b.adaptive_max,
+                            adaptive_share=b.adaptive_share),
     )
 
 

@@ -65,6 +65,7 @@ def test_typos_and_wrong_types_are_named_by_hydra(override, key):
     (["budget.num_initial=0"], "budget.num_initial"),
     (["budget.top_k=-1"], "budget.top_k"),
     (["budget.window_growth=0.5"], "budget.window_growth"),
+    (["budget.adaptive_share=0"], "budget.adaptive_share"),
     (["teachers.SELF-1C.context=SELF-9C"], "teachers.SELF-1C.context"),
     (["teachers.SELF-SUM-1C.summarizer=null"], "teachers.SELF-SUM-1C.summarizer"),
     (["teachers.toy-teacher.model=null"], "teachers.toy-teacher.model"),
