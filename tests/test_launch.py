@@ -50,7 +50,7 @@ def test_two_by_two_multirun_with_submitit_local(tmp_path):
     assert seen == {(0, 30), (0, 60), (1, 30), (1, 60)}
 
 
-def test_sbatch_script_has_the_profile_directives(tmp_path, monkeypatch):
+def _sbatch_script(tmp_path, monkeypatch, *overrides) -> set:
     """The plugin's own launch(), with submission replaced by writing the sbatch script it would submit."""
     import submitit
     from hydra import compose, initialize_config_dir
@@ -67,14 +67,20 @@ def test_sbatch_script_has_the_profile_directives(tmp_path, monkeypatch):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose(config_name="config", return_hydra_config=True,
                       overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu-long",
-                                 f"hydra.sweep.dir={tmp_path}", "hydra.job.name=run"])
+                                 f"hydra.sweep.dir={tmp_path}", "hydra.job.name=run", *overrides])
     launcher = instantiate(cfg.hydra.launcher)
     launcher.config = cfg
     launcher.launch([["seed=0"]], initial_job_idx=0)
-    lines = set(scripts[0].splitlines())
+    return set(scripts[0].splitlines())
+
+
+def test_sbatch_script_has_the_profile_directives(tmp_path, monkeypatch):
+    lines = _sbatch_script(tmp_path, monkeypatch)
     for directive in ("--partition=gpu-long", "--gpus-per-node=1", "--time=240", "--signal=USR2@180", "--requeue",
                       "--cpus-per-task=8", "--mem=64GB", "--open-mode=append"):
-        assert f"#SBATCH {directive}" in lines, (directive, scripts[0])
+        assert f"#SBATCH {directive}" in lines, (directive, sorted(lines))
+    older = _sbatch_script(tmp_path, monkeypatch, "hydra.launcher.gpus_per_node=null", "hydra.launcher.gres=gpu:2")
+    assert "#SBATCH --gres=gpu:2" in older and not any("--gpus-per-node" in line for line in older)
 
 
 def _task_pid(sweep: Path):

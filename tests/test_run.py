@@ -40,6 +40,7 @@ def test_default_and_exact_experiment_validate():
     exact = as_run(composed("+experiment=exact"))
     C.validate(exact)
     assert exact.student.kind == "exact" and set(exact.teachers) == {"tilt", "anti-tilt", "noise"}
+    assert as_run(composed("+experiment=toy")) == as_run(composed())  # the default, named for sweeps
 
 
 @pytest.mark.parametrize("override, key", [
