@@ -1,7 +1,9 @@
-"""``python -m jaxalign.aggregate DIR [DIR ...]``: merge the shards of every run under DIR.
+"""``python -m jaxalign.report DIR [DIR ...]`` (or ``python -m jaxalign.aggregate``): rebuild reports.
 
-A sharded run merges itself when its last shard finishes. Use this when that job died, or to
-check a whole sweep directory: it lists every run and what is missing, and exits 1 if anything is.
+DIR is a run directory or a sweep directory holding runs. For every run found, a sharded run's
+shards are merged into run.json and its report (the last shard does that by itself; this is for
+when its job died); an unsharded run's report is rebuilt from its result files. Exits 1, naming
+what is missing, when a run's shards are incomplete.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import sys
 from pathlib import Path
 
 from jaxalign.errors import JaxalignError
-from jaxalign.rundir import merge  # noqa: F401  (re-exported)
+from jaxalign.report import write_report
+from jaxalign.rundir import merge
 
 
 def run_dirs(root: Path) -> list[Path]:
-    """Every directory at or under root that holds shard records."""
-    return sorted({p.parent.parent for p in root.glob("**/shards/*-of-*.json")})
+    """Every run directory (one with questions/ or shards/) at or under root."""
+    marks = [*root.glob("**/questions"), *root.glob("**/shards")]
+    return sorted({p.parent for p in marks if p.is_dir()})
 
 
 def main(argv: list[str]) -> int:
@@ -26,16 +30,22 @@ def main(argv: list[str]) -> int:
     for root in map(Path, argv):
         found = run_dirs(root)
         if not found:
-            print(f"{root}: no sharded runs found", file=sys.stderr)
+            print(f"{root}: no runs found (no questions/ or shards/ below it)", file=sys.stderr)
             failed = True
         for run_dir in found:
             try:
-                totals = merge(run_dir)["record"]["totals"]
-                print(f"{run_dir}: merged, {totals['questions']} questions ({totals['skipped']} skipped), "
-                      f"{totals['rollouts']} rollouts")
+                if (run_dir / "shards").is_dir():
+                    totals = merge(run_dir)["record"]["totals"]
+                    print(f"{run_dir}: merged, {totals['questions']} questions ({totals['skipped']} skipped), "
+                          f"{totals['rollouts']} rollouts")
+                else:
+                    write_report(run_dir)
+                    print(f"{run_dir}: report rebuilt")
             except JaxalignError as err:
                 print(f"incomplete: {err}", file=sys.stderr)
                 failed = True
+    if len(argv) == 1 and len(found) == 1 and not failed:
+        print((found[0] / "report" / "report.md").read_text())
     return 1 if failed else 0
 
 

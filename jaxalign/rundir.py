@@ -8,7 +8,7 @@ settings differ stops before any work, naming the keys.
 
 Shards (SLURM array task i of n) write ``shards/<i>-of-<n>.json`` next to the per-question files
 they share. Whichever shard finds every record present merges them: run.json and the report.
-``python -m jaxalign.aggregate DIR`` does the same by hand, for one run or a whole sweep.
+``python -m jaxalign.report DIR`` does the same by hand, for one run or a whole sweep.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jaxalign.errors import ConfigError, JaxalignError
 from jaxalign.files import write_json
+from jaxalign.report import write_report
 
 log = logging.getLogger(__name__)
 NOT_RESULT_KEYS = ("shard", "dry_run", "throughput_tokens_per_s")
@@ -70,8 +71,6 @@ def merge(run_dir: str | Path) -> dict:
     Raises JaxalignError naming the missing shards when the set is incomplete (rerun those jobs:
     they resume, and finished questions are not recomputed).
     """
-    from jaxalign.report import write_report
-
     run_dir = Path(run_dir)
     records = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("*-of-*.json"))]
     if not records:
@@ -105,8 +104,6 @@ def finish(run_dir: Path, record: dict, index: int, count: int) -> dict | None:
     Every job writes first and looks second, so at least one job sees the full set; two that do
     both merge, into the same files, atomically.
     """
-    from jaxalign.report import write_report
-
     if count == 1:
         report = write_report(run_dir)
         write_json(run_dir / "run.json", record)
@@ -114,7 +111,7 @@ def finish(run_dir: Path, record: dict, index: int, count: int) -> dict | None:
     write_json(shard_record_path(run_dir, index, count), record)
     done = [shard_record_path(run_dir, i, count).is_file() for i in range(count)]
     if not all(done):
-        log.info("shard %d of %d done; %d still running. The last one merges (or: python -m jaxalign.aggregate %s)",
+        log.info("shard %d of %d done; %d still running. The last one merges (or: python -m jaxalign.report %s)",
                  index, count, done.count(False), run_dir)
         return None
     return merge(run_dir)

@@ -14,7 +14,7 @@
 # Extra launcher settings pass through as overrides, e.g. hydra.launcher.timeout_min=600
 # hydra.launcher.gpus_per_node=2. PYTHON (default: python3) is the interpreter with jaxalign.
 # Hydra waits for the jobs; if this shell dies, they go on, and
-# `python -m jaxalign.aggregate DIR` merges their shards later.
+# `python -m jaxalign.report DIR` merges their shards later.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -44,9 +44,9 @@ status=0
   || status=$?
 if [ "$status" != 0 ]; then
   echo "sweep.sh: the launcher exited with $status. Jobs already submitted go on (squeue); rerun this" \
-       "command to resume what failed, or merge later with: $PYTHON -m jaxalign.aggregate $dir" >&2
+       "command to resume what failed, or merge later with: $PYTHON -m jaxalign.report $dir" >&2
   exit "$status"
 fi
 if [ "$shards" -gt 1 ]; then
-  "$PYTHON" -m jaxalign.aggregate "$dir"
+  "$PYTHON" -m jaxalign.report "$dir"
 fi

@@ -28,6 +28,9 @@ def test_shards_together_equal_one_unsharded_run(tmp_path):
     assert merged["totals"] == {**single["totals"], "wall_s": merged["totals"]["wall_s"]}
     assert json.loads((parts / "run.json").read_text())["config_hash"] == single["config_hash"]
     assert (parts / "report" / "report.md").read_text() == (whole / "report" / "report.md").read_text()
+    (whole / "report" / "report.md").unlink()
+    assert aggregate.main([str(tmp_path)]) == 0  # a sweep directory: merges one run, rebuilds the other
+    assert (whole / "report" / "report.md").read_text() == (parts / "report" / "report.md").read_text()
 
 
 def test_aggregate_names_missing_shards_and_merges_when_complete(tmp_path, capsys):

@@ -1,9 +1,7 @@
-"""python -m jaxalign.report RUN_DIR: rebuild the report from result files."""
+"""python -m jaxalign.report RUN_OR_SWEEP_DIR ...: rebuild reports, merging shards (jaxalign.aggregate)."""
 
 import sys
 
-from jaxalign.report import write_report
+from jaxalign.aggregate import main
 
-if len(sys.argv) != 2:
-    sys.exit("usage: python -m jaxalign.report RUN_DIR")
-print(write_report(sys.argv[1]))
+sys.exit(main(sys.argv[1:]))
