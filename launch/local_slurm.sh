@@ -41,6 +41,13 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...
   done
 }
 
+installed() {  # every package fully installed (dpkg -s also accepts removed ones with config left)
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || return 1
+  done
+}
+
 record_pid() { echo "$1 $2" >> "$PIDS"; log "$1 started, pid $2"; }
 
 do_install() {
@@ -48,7 +55,7 @@ do_install() {
   local pkgs="slurmctld slurmd slurm-client munge"
   [ "$WITH_ACCOUNTING" = 1 ] && pkgs="$pkgs slurmdbd mariadb-server"
   # shellcheck disable=SC2086
-  if dpkg -s $pkgs >/dev/null 2>&1; then log "packages present"; return 0; fi
+  if installed $pkgs; then log "packages present"; return 0; fi
   # In containers policy-rc.d keeps postinst from starting the services; that is what we want.
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs >&2 \
     || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs >&2; }
