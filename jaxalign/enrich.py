@@ -76,19 +76,10 @@ class Candidates:
                    q=q_full[:, rows, cols], kl=kl[:, rows])
 
 
-def _visits(tree: RolloutTree, nodes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    counts = tree.edge_counts()["visits"]
-    out = np.zeros(len(nodes), np.int64)
-    for i, (u, k) in enumerate(zip(nodes, tokens)):
-        edge = tree.edge(u, k)
-        out[i] = counts[edge] if edge is not None else 0
-    return out
-
-
 def plan_window(tree: RolloutTree, cands: Candidates, window: tuple[int, int], cfg: EnrichConfig) -> list[tuple[int, int, int]]:
     """The (node, token, rollouts needed) pairs to enrich in one depth window, sorted by node."""
     depth = tree.a["node_depth"][cands.node]
-    visits = _visits(tree, cands.node, cands.token)
+    visits = tree.visits(cands.node, cands.token)
     eligible = np.flatnonzero((depth >= window[0]) & (depth < window[1]) & (visits < cfg.n_min))
     if len(eligible) == 0:
         return []
@@ -131,13 +122,6 @@ def sign_intervals(p_children: np.ndarray, q_children: np.ndarray, successes: np
         bounds[t] = np.where(c > 0, c * low, c * high).sum(), np.where(c > 0, c * high, c * low).sum()
         width[t] = np.abs(c) * (high - low)
     return bounds, width
-
-
-def sign_settled(p_children: np.ndarray, q_children: np.ndarray, successes: np.ndarray, visits: np.ndarray,
-                 z: float = 1.959964) -> bool:
-    """Whether the sign of the GKD-ideal alignment is the same everywhere in the Wilson box, for every teacher."""
-    bounds, _ = sign_intervals(p_children, q_children, successes, visits, z)
-    return bool(((bounds[:, 0] > 0) | (bounds[:, 1] < 0)).all())
 
 
 def children_to_enrich(p_children: np.ndarray, q_children: np.ndarray, successes: np.ndarray,

@@ -259,22 +259,20 @@ class QuestionRun:
         wanted: set[tuple[int, int]] = set()
         for u in np.unique(self.window_pairs[:, 0]):
             at = np.flatnonzero(cands.node == u)
-            edges = np.array([self.tree.edge(u, t) if self.tree.edge(u, t) is not None else -1 for t in cands.token[at]])
+            tokens = cands.token[at]
+            edges = self.tree.edges(np.full(len(at), u), tokens)
             in_s = (edges >= 0) & (counts["visits"][edges] >= ecfg.n_sig)
-            wanted |= {(int(u), int(t)) for t in cands.token[at][~in_s]}
             if in_s.sum() < 2:
-                wanted |= {(int(u), int(t)) for t in cands.token[at]}
-                continue
-            e = edges[in_s]
-            more = children_to_enrich(cands.p[at][in_s], cands.q[:, at][:, in_s], counts["successes"][e],
-                                      counts["visits"][e], ecfg)
-            wanted |= {(int(u), int(t)) for t in cands.token[at][in_s][more]}
-        out = []
-        for u, k in self.window_pairs:
-            edge = self.tree.edge(u, k)
-            have = int(counts["visits"][edge]) if edge is not None else 0
-            if (int(u), int(k)) in wanted and have < ecfg.adaptive_max:
-                out.append((int(u), int(k), min(ecfg.adaptive_step, ecfg.adaptive_max - have)))
+                more = np.ones(len(at), bool)
+            else:
+                e = edges[in_s]
+                more = ~in_s
+                more[in_s] = children_to_enrich(cands.p[at][in_s], cands.q[:, at][:, in_s], counts["successes"][e],
+                                                counts["visits"][e], ecfg)
+            wanted |= {(int(u), int(t)) for t in tokens[more]}
+        have = self.tree.visits(self.window_pairs[:, 0], self.window_pairs[:, 1])
+        out = [(int(u), int(k), min(ecfg.adaptive_step, ecfg.adaptive_max - int(n)))
+               for (u, k), n in zip(self.window_pairs, have) if (int(u), int(k)) in wanted and n < ecfg.adaptive_max]
         return np.array(out, np.int64).reshape(-1, 3)
 
     def _tick(self, n: int) -> None:

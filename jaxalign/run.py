@@ -43,10 +43,9 @@ def pipeline_config(cfg: C.RunConf) -> PipelineConfig:
     return PipelineConfig(
         num_initial=b.num_initial, max_response_tokens=b.max_response_tokens, batch_rollouts=b.batch_rollouts,
         include_path_rollout=cfg.include_path_rollout, count_ancestors=cfg.count_ancestors, seed=cfg.seed,
-        enrich=EnrichConfig(first_window=b.first_window, window_growth=b.window_growth, top_k=b.top_k,
-                            top_r=b.top_r, tau=b.tau, n_min=b.n_min, n_sig=b.n_sig, adaptive=b.adaptive,
-                            adaptive_step=b.adaptive_step, adaptive_max=b.adaptive_max,
-                            adaptive_share=b.adaptive_share),
+        # every planner knob in BudgetConf carries over by name; the rest keep EnrichConfig's defaults
+        enrich=EnrichConfig(**{f.name: getattr(b, f.name) for f in dataclasses.fields(EnrichConfig)
+                               if hasattr(b, f.name)}),
     )
 
 

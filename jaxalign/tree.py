@@ -155,6 +155,15 @@ class RolloutTree:
     def edge(self, node: int, token: int) -> Optional[int]:
         return self._edge_of.get((int(node), int(token)))
 
+    def edges(self, nodes, tokens) -> np.ndarray:
+        """Edge index of each (node, token) pair. nodes, tokens: [M] ints -> [M] int64, -1 where absent."""
+        return np.array([self._edge_of.get((int(u), int(k)), -1) for u, k in zip(nodes, tokens)], np.int64)
+
+    def visits(self, nodes, tokens) -> np.ndarray:
+        """Visits (on-policy + forced) of each (node, token) edge. [M] ints -> [M] int64, 0 where absent."""
+        edges = self.edges(nodes, tokens)
+        return np.where(edges >= 0, self.edge_counts()["visits"][edges], 0) if len(edges) else np.zeros(0, np.int64)
+
     def _edge_or_new(self, node: int, token: int) -> int:
         key = (int(node), int(token))
         found = self._edge_of.get(key)

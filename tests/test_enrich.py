@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 
 from jaxalign.enrich import (Candidates, EnrichConfig, alignment_dot_coefficients, children_to_enrich, plan_window,
-                             sign_settled)
+                             sign_intervals)
 from jaxalign.tree import RolloutTree, wilson_interval
 
 EOS = 9
+
+
+def sign_settled(p, q, successes, visits) -> bool:
+    """Every teacher's dot-product interval excludes 0."""
+    bounds, _ = sign_intervals(p, q, successes, visits)
+    return bool(((bounds[:, 0] > 0) | (bounds[:, 1] < 0)).all())
 
 
 def test_dot_coefficients_reproduce_the_dot_product_for_any_s():

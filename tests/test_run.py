@@ -85,6 +85,16 @@ def test_bad_values_are_rejected_before_any_model_loads(overrides, key, monkeypa
         execute(composed(*overrides), Path("/nonexistent-run-dir"))
 
 
+def test_every_planner_knob_of_the_budget_reaches_the_pipeline():
+    from jaxalign.run import pipeline_config
+
+    cfg = as_run(composed("budget.adaptive_share=0.5", "budget.n_min=33", "budget.tau=0.05"))
+    enrich, budget = pipeline_config(cfg).enrich, cfg.budget
+    assert (enrich.adaptive_share, enrich.n_min, enrich.tau) == (0.5, 33, 0.05)
+    shared = [f.name for f in __import__("dataclasses").fields(enrich) if hasattr(budget, f.name)]
+    assert len(shared) == 11 and all(getattr(enrich, name) == getattr(budget, name) for name in shared)
+
+
 def test_dry_run_prices_the_budget(capsys):
     cost = execute(composed("dry_run=true", "budget=paper", "dataset.num_questions=10"), Path("/unused"))
     windows = 7  # 4096 tokens: 50, 100, 200, ..., 3200 wide

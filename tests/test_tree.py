@@ -150,3 +150,14 @@ def test_bad_inputs():
         tree.add_rollouts(np.zeros((2, 3), int), np.array([3]), np.array([True, False]))
     with pytest.raises(JaxalignError, match="not in the tree"):
         tree.add_rollouts(np.zeros((1, 3), int), np.array([3]), np.array([True]), start=(99, 0))
+
+
+def test_edges_and_visits_look_up_pairs_in_bulk():
+    tree = RolloutTree.from_paths([np.array([0, 1, EOS]), np.array([2, EOS])], [True, False])
+    tree.add_rollouts(np.full((5, 1), -1), np.zeros(5, int), np.ones(5, bool), start=(0, 3))
+    nodes, tokens = np.array([0, 0, 0, 0, 7]), np.array([0, 2, 3, 4, 0])
+    want = [tree.edge(u, k) if tree.edge(u, k) is not None else -1 for u, k in zip(nodes, tokens)]
+    np.testing.assert_array_equal(tree.edges(nodes, tokens), want)
+    visits = tree.edge_counts()["visits"]
+    np.testing.assert_array_equal(tree.visits(nodes, tokens), [visits[e] if e >= 0 else 0 for e in want])
+    assert tree.visits(nodes, tokens)[2] == 5 and tree.visits([], []).shape == (0,)
