@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from jaxalign.contexts import FORMATS
-from jaxalign.errors import ConfigError
+from jaxalign.errors import CheckpointError, ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_KINDS = ("flax", "exact")
@@ -104,6 +104,18 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def _check_local_model_dir(key: str, path: str) -> None:
+    """A local model directory must hold config.json and safetensors: checked before the run directory is claimed."""
+    if path.startswith("toy:") or not Path(path).expanduser().is_dir():
+        return
+    from jaxalign.models.loading import check_model_dir  # imports jax: only when a local directory is named
+
+    try:
+        check_model_dir(Path(path).expanduser())
+    except CheckpointError as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
 def validate(cfg: RunConf) -> None:
     """Raises ConfigError naming the first bad key. Runs before any model is loaded."""
     def check(ok: bool, key: str, message: str) -> None:
@@ -132,6 +144,7 @@ def validate(cfg: RunConf) -> None:
                 resolve_model_path(t.model)
             elif not Path(t.model).expanduser().is_dir() and "/" not in t.model:
                 raise ConfigError(f"{key}.model: {t.model!r} is neither a directory nor a hub id")
+            _check_local_model_dir(key + ".model", t.model)
     b = cfg.budget
     for field in ("num_initial", "max_response_tokens", "batch_rollouts", "n_min", "n_sig", "first_window",
                   "adaptive_step", "adaptive_max"):
@@ -154,3 +167,4 @@ def validate(cfg: RunConf) -> None:
     if cfg.student.kind == "flax" and not cfg.student.path.startswith("toy:"):
         check(Path(cfg.student.path).expanduser().is_dir() or "/" in cfg.student.path, "student.path",
               f"{cfg.student.path!r} is neither a directory nor a hub id")
+        _check_local_model_dir("student.path", cfg.student.path)

@@ -7,6 +7,7 @@
 # STUDENTS, TEACHERS and DATASETS (comma lists of conf/ options) narrow or change the grid.
 # Every option must exist under conf/ first: the script names any that does not, before anything
 # is submitted. Start with --dry-run to see rollouts, tokens and GPU-hours per run.
+# The interpreter is chosen by sweep.sh: $PYTHON if set, else the repository's .venv, else python3.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 conf="$here/../conf"

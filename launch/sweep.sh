@@ -12,12 +12,12 @@
 #   OVERRIDE    Hydra overrides; comma lists sweep, e.g. student=qwen3-0.6b,qwen3-1.7b seed=0,1
 #
 # Extra launcher settings pass through as overrides, e.g. hydra.launcher.timeout_min=600
-# hydra.launcher.gpus_per_node=2. PYTHON (default: python3) is the interpreter with jaxalign.
+# hydra.launcher.gpus_per_node=2. The interpreter is $PYTHON if set, else the repository's
+# .venv/bin/python, else python3 from PATH: the first of them that has jaxalign installed.
 # Hydra waits for the jobs; if this shell dies, they go on, and
 # `python -m jaxalign.report DIR` merges their shards later.
 set -euo pipefail
 
-PYTHON=${PYTHON:-python3}
 launcher=() shards=1 dir=multirun/config dry=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,11 +27,31 @@ while [ $# -gt 0 ]; do
     --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
     --dry-run) dry=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
 [[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "sweep.sh: --shards must be a positive integer, got '$shards'" >&2; exit 2; }
+
+has_jaxalign() {
+  # -P: not the working directory's jaxalign/ (a source tree is not an install); python < 3.11 fails here too
+  "$1" -P -c 'import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("jaxalign", "hydra", "jax"))))' \
+    >/dev/null 2>&1
+}
+if [ -n "${PYTHON:-}" ]; then
+  has_jaxalign "$PYTHON" || { echo "sweep.sh: PYTHON=$PYTHON cannot import jaxalign, hydra and jax. Point" \
+    "PYTHON at the interpreter of the environment where jaxalign is installed, e.g. PYTHON=.venv/bin/python." >&2
+    exit 2; }
+else
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  for candidate in "$root/.venv/bin/python" python3; do
+    if has_jaxalign "$candidate"; then PYTHON=$candidate; break; fi
+  done
+  [ -n "${PYTHON:-}" ] || { echo "sweep.sh: found no Python that can import jaxalign, hydra and jax" \
+    "(tried $root/.venv/bin/python and python3 from PATH). Install jaxalign (python3 -m venv .venv &&" \
+    ".venv/bin/pip install -e .), activate the environment that has it, or set PYTHON=/path/to/its/python." >&2
+    exit 2; }
+fi
 
 if [ "$dry" = 1 ]; then
   exec "$PYTHON" -m jaxalign.run -m "hydra.sweep.dir=$dir/dry-run" dry_run=true "$@"

@@ -3,7 +3,7 @@
 Order of work, so that bad input fails before anything heavy happens:
 
 1. resolve the source (a local directory, or a hub id through ``huggingface_hub``, which honours
-   ``HF_HUB_OFFLINE`` and the local cache);
+   ``HF_HUB_OFFLINE`` and the local cache) and check that it holds config.json and safetensors;
 2. parse ``config.json``;
 3. find the safetensors files (single, or sharded with ``model.safetensors.index.json``) and read
    only their headers;
@@ -65,7 +65,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """Returns a local directory for a path or a hub id (downloading only when allowed)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return path
+        return check_model_dir(path)
     text = str(name_or_path)
     looks_local = path.exists() or text.startswith((".", "/", "~"))
     if looks_local or not _HUB_ID.match(text):
@@ -76,7 +76,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=text, allow_patterns=_HUB_PATTERNS))
+        snapshot = Path(snapshot_download(repo_id=text, allow_patterns=_HUB_PATTERNS))
     except Exception as err:  # noqa: BLE001 - huggingface_hub raises many types; re-raise as one
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         hint = (
@@ -86,6 +86,40 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
             else "check the id, your network and HF_TOKEN, or pass a local directory"
         )
         raise CheckpointError(f"could not fetch hub model {text!r}: {err}. {hint}.") from err
+    return check_model_dir(snapshot)
+
+
+def check_model_dir(model_dir: Path) -> Path:
+    """Returns ``model_dir`` if it holds config.json and safetensors weights, else raises CheckpointError.
+
+    Runs before the tokenizer and the weights load, so that a wrong or empty directory is named as
+    such instead of surfacing as a tokenizer or config error further down.
+    """
+    missing = [] if (model_dir / "config.json").is_file() else ["config.json"]
+    if not ((model_dir / SINGLE_FILE).is_file() or (model_dir / INDEX_FILE).is_file()):
+        if _pickle_weights(model_dir):
+            raise _pickle_error(model_dir)
+        missing.append(f"{SINGLE_FILE} or {INDEX_FILE}")
+    if not missing:
+        return model_dir
+    entries = sorted(p.name for p in model_dir.iterdir())
+    holds = f"it holds {entries[:8]}{' ...' if len(entries) > 8 else ''}" if entries else "it is empty"
+    raise CheckpointError(
+        f"{model_dir} is not a Hugging Face model directory: no {' and no '.join(missing)}; {holds}. "
+        "Pass the directory that holds config.json, *.safetensors and the tokenizer files, e.g. one made by "
+        "`huggingface-cli download Qwen/Qwen3-0.6B --local-dir DIR`, or a hub id such as 'Qwen/Qwen3-0.6B'."
+    )
+
+
+def _pickle_weights(model_dir: Path) -> bool:
+    return bool(list(model_dir.glob("*.bin")) or list(model_dir.glob("*.pt")))
+
+
+def _pickle_error(model_dir: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{model_dir}: only PyTorch pickle weights (*.bin/*.pt) found. jaxalign never unpickles; "
+        "convert them to safetensors (e.g. save_pretrained(..., safe_serialization=True))."
+    )
 
 
 def weight_files(model_dir: Path) -> dict[str, Path]:
@@ -107,11 +141,8 @@ def weight_files(model_dir: Path) -> dict[str, Path]:
     single = model_dir / SINGLE_FILE
     if single.is_file():
         return {name: single for name in _read_header(single)}
-    if list(model_dir.glob("*.bin")) or list(model_dir.glob("*.pt")):
-        raise CheckpointError(
-            f"{model_dir}: only PyTorch pickle weights (*.bin/*.pt) found. jaxalign never unpickles; "
-            "convert them to safetensors (e.g. save_pretrained(..., safe_serialization=True))."
-        )
+    if _pickle_weights(model_dir):
+        raise _pickle_error(model_dir)
     raise CheckpointError(f"{model_dir}: no {SINGLE_FILE} and no {INDEX_FILE}; no weights to load.")
 
 
