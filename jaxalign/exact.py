@@ -20,6 +20,7 @@ import hashlib
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
@@ -116,6 +117,14 @@ class TabularPolicy:
         """[len(positions), V] float32. The prompt is implicit in a tabular policy and ignored."""
         response = tuple(int(t) for t in response)
         return np.stack([self.logprobs(response[:pos]) for pos in positions]).astype(np.float32)
+
+    def logprob_chunks(self, prompt, response, positions, chunk: int):
+        """:meth:`next_token_logprobs` in device chunks of [chunk, V] float32, the last padded."""
+        positions = np.asarray(positions, np.int64).ravel()
+        for first in range(0, len(positions), chunk):
+            piece = positions[first: first + chunk]
+            piece = np.concatenate([piece, np.full(chunk - len(piece), piece[-1])])
+            yield jnp.asarray(self.next_token_logprobs(prompt, response, piece))
 
 
 class ExactPolicy(TabularPolicy):

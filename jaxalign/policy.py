@@ -7,7 +7,7 @@ KV-cache engine) and :class:`jaxalign.exact.TabularPolicy` (a synthetic LM with 
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -43,5 +43,18 @@ class Policy(Protocol):
         ...
 
     def next_token_logprobs(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """log P(. | prompt + response[:pos]) for each pos in ``positions``: [len(positions), V] float32."""
+        """log P(. | prompt + response[:pos]) for each pos in ``positions``: [len(positions), V] float32.
+
+        The whole [M, V] array: fine for small vocabularies and tests; the pipeline uses
+        :meth:`logprob_chunks`, which never brings a vocabulary-sized array to the host.
+        """
+        ...
+
+    def logprob_chunks(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray,
+                       chunk: int) -> Iterator[jax.Array]:
+        """The same log-probs as device arrays of [chunk, V] float32, ``chunk`` positions at a time.
+
+        The last chunk is padded by repeating the last position. The path is run through the model
+        once, whatever the number of chunks.
+        """
         ...

@@ -116,3 +116,11 @@ def test_exact_run_end_to_end(tmp_path):
     assert float(summary[("anti-tilt", "gkd")]["mean_cosine"]) < -0.5
     again = execute(composed("+experiment=exact", "dataset.num_questions=2", "budget.num_initial=200"), tmp_path)
     assert again["totals"]["rollouts"] == record["totals"]["rollouts"]  # nothing recomputed, same results
+
+
+def test_exact_preset_rows_match_the_golden_rows(tmp_path):
+    """The streamed, on-device scoring (issue #12) gives the rows the host path gave, bit for bit here."""
+    from tests.golden_rows import assert_rows_match_golden
+
+    execute(composed("+experiment=exact"), tmp_path)
+    assert_rows_match_golden(tmp_path, "exact", atol=1e-9)

@@ -10,6 +10,7 @@ from jaxalign.config import ASSETS
 from jaxalign.models import load_qwen3, load_tokenizer
 from jaxalign.tasks.toy_arith import ToyArith
 from jaxalign.toy.train import pass_rate
+from tests.golden_rows import assert_rows_match_golden
 
 TOY = ASSETS / "toy"
 SAMPLES = 256
@@ -72,3 +73,5 @@ def test_default_run_completes_and_writes_results(tmp_path):
     if analysed:
         assert "SELF-1C" in report and "toy-teacher" in report
     assert (tmp_path / "demos").is_dir()
+    # the streamed, on-device scoring (issue #12) gives the rows the host path gave
+    assert_rows_match_golden(tmp_path, "toy_default")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from jaxalign.engine.sampling import sample
-from jaxalign.engine.scoring import response_logprobs
+from jaxalign.engine.scoring import DEFAULT_PREFILL_CHUNK, chunk_logprobs, path_hidden, response_logprobs
 from jaxalign.models.config import Qwen3Config
 from jaxalign.models.qwen3 import Qwen3Params
 from jaxalign.policy import SampleBatch
@@ -19,11 +19,13 @@ class FlaxPolicy:
     """A Qwen3 model behind the Policy protocol. Prefixes are response tokens after ``prompt``."""
 
     def __init__(self, params: Qwen3Params, cfg: Qwen3Config, eos_token_ids: Sequence[int], *,
-                 max_rows: int = 256, mesh: Optional[Mesh] = None, fork: bool = True):
+                 max_rows: int = 256, mesh: Optional[Mesh] = None, fork: bool = True,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         self.params, self.cfg = params, cfg
         self.vocab_size = cfg.vocab_size
         self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
         self.max_rows, self.mesh, self.fork = max_rows, mesh, fork
+        self.prefill_chunk = prefill_chunk
 
     def sample(self, prompt: np.ndarray, prefixes: Sequence[np.ndarray], n, max_new_tokens: int,
                temperature: float, key: jax.Array) -> SampleBatch:
@@ -35,3 +37,8 @@ class FlaxPolicy:
 
     def next_token_logprobs(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray) -> np.ndarray:
         return np.asarray(response_logprobs(self.params, self.cfg, prompt, response, positions))
+
+    def logprob_chunks(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray,
+                       chunk: int) -> Iterator[jax.Array]:
+        hidden, offset = path_hidden(self.params, self.cfg, prompt, response, self.prefill_chunk)
+        return chunk_logprobs(self.params, hidden, offset, positions, chunk)

@@ -1,12 +1,21 @@
-"""Teacher/student scoring: next-token log-probs at chosen positions, and on-device comparisons.
+"""Teacher/student scoring: next-token log-probs at chosen positions, and on-device reductions.
 
-One forward pass over (prompt + response) per sequence. Only the hidden states at the requested
-positions are projected onto the vocabulary; a full [T, 151936] projection is never made.
+Two ways to score a path, with the same numbers:
+
+* :func:`response_logprobs` (the reference): one forward pass over prompt + response, then
+  [M, V] log-probs at the M requested positions. Its attention holds [T, T] scores per head and
+  its output is [M, V]: fine for short paths, but an 8K-token path at V = 151,936 is 5 GB.
+* :func:`path_hidden` + :func:`chunk_logprobs` (the pipeline's path): a chunked prefill into the
+  KV cache, ``prefill_chunk`` tokens at a time, keeps only the final hidden states [S, D]; each
+  chunk of positions is then projected to [C, V] on the device and reduced there
+  (:func:`candidate_tokens`, :func:`compare`) to a few numbers per position. No step holds more
+  than one chunk of logits, and nothing of size V reaches the host.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +26,9 @@ from jaxalign.engine.sampling import COMPILES, bucket
 from jaxalign.errors import ConfigError
 from jaxalign.models.config import Qwen3Config
 from jaxalign.models.qwen3 import Qwen3Params, forward_hidden, init_cache, logits_from_hidden
+
+DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_SCORE_CHUNK = 64
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -75,4 +87,119 @@ def compare(logp: jax.Array, logq: jax.Array, ids: jax.Array) -> dict[str, jax.A
     out = divergences(logp, logq)
     out["p_at"] = jnp.exp(jnp.take_along_axis(logp, safe, axis=-1))
     out["q_at"] = jnp.exp(jnp.take_along_axis(logq, safe, axis=-1))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
+def _prefill_hidden(params: Qwen3Params, cfg: Qwen3Config, tokens: jax.Array, length: jax.Array, *,
+                    chunk: int) -> jax.Array:
+    """Final hidden states of a right-padded sequence, prefilled ``chunk`` tokens at a time.
+
+    tokens: [S] int32 (S a multiple of chunk), valid in [:length]; length: [] int32.
+    Returns [S, D] in the params dtype; rows at or past ``length`` are meaningless.
+    Each step attends C queries to the S-slot cache, so attention scores stay [C, S] per head
+    instead of [S, S]; only ceil(length / chunk) steps run.
+    """
+    COMPILES["prefill"] += 1
+    size = tokens.shape[0]
+    cache = init_cache(cfg, 1, size, params.dtype)
+    hidden = jnp.zeros((size, cfg.hidden_size), params.dtype)
+
+    def step(i, carry):
+        cache, hidden = carry
+        first = i * chunk
+        piece = jax.lax.dynamic_slice_in_dim(tokens, first, chunk)[None]
+        positions = (first + jnp.arange(chunk, dtype=jnp.int32))[None]
+        out, cache = forward_hidden(params, cfg, piece, positions, cache)
+        return cache, jax.lax.dynamic_update_slice_in_dim(hidden, out[0], first, axis=0)
+
+    _, hidden = jax.lax.fori_loop(0, (length + chunk - 1) // chunk, step, (cache, hidden))
+    return hidden
+
+
+def path_hidden(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, response: np.ndarray,
+                prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> tuple[jax.Array, int]:
+    """Hidden states of prompt + response on the device, and the offset of response position 0.
+
+    Returns (hidden [S, D] params dtype, offset): the distribution before response token ``pos``
+    comes from hidden[offset + pos]. S is len(prompt + response) rounded up to a power of two
+    (at least the chunk), so compiles stay bounded across lengths.
+    """
+    prompt = np.asarray(prompt, np.int32).ravel()
+    response = np.asarray(response, np.int32).ravel()
+    if len(prompt) == 0:
+        raise ConfigError("scoring needs a non-empty prompt")
+    if prefill_chunk < 1 or prefill_chunk & (prefill_chunk - 1):
+        raise ConfigError(f"prefill_chunk must be a power of two, got {prefill_chunk}")
+    seq = np.concatenate([prompt, response])
+    if len(seq) > cfg.max_position_embeddings:
+        raise ConfigError(f"prompt + response = {len(seq)} tokens exceeds max_position_embeddings "
+                          f"{cfg.max_position_embeddings}")
+    size = bucket(len(seq), 16)
+    chunk = min(prefill_chunk, size)
+    tokens = np.zeros(size, np.int32)
+    tokens[: len(seq)] = seq
+    return _prefill_hidden(params, cfg, jnp.asarray(tokens), jnp.int32(len(seq)), chunk=chunk), len(prompt) - 1
+
+
+@jax.jit
+def _project(params: Qwen3Params, hidden: jax.Array, index: jax.Array) -> jax.Array:
+    """log-softmax of the logits at hidden[index]. hidden: [S, D]; index: [C] int32 -> [C, V] float32."""
+    return jax.nn.log_softmax(logits_from_hidden(params, hidden[index]), axis=-1)
+
+
+def chunk_logprobs(params: Qwen3Params, hidden: jax.Array, offset: int, positions: np.ndarray,
+                   chunk: int = DEFAULT_SCORE_CHUNK) -> Iterator[jax.Array]:
+    """log P(. | prompt + response[:pos]) for ``positions``, ``chunk`` positions at a time.
+
+    hidden, offset: from :func:`path_hidden`. Yields [chunk, V] float32 device arrays; the last is
+    padded by repeating the last position (callers slice it off).
+    """
+    positions = np.asarray(positions, np.int64).ravel()
+    limit = hidden.shape[0] - offset - 1
+    if len(positions) and (positions.min() < 0 or positions.max() > limit):
+        raise ConfigError(f"positions must lie in [0, {limit}], got [{positions.min()}, {positions.max()}]")
+    for first in range(0, len(positions), chunk):
+        piece = positions[first: first + chunk]
+        index = np.full(chunk, offset + piece[-1], np.int32)
+        index[: len(piece)] = offset + piece
+        yield _project(params, hidden, jnp.asarray(index))
+
+
+@jax.jit
+def _threshold_counts(logp: jax.Array, logq: jax.Array, tau: jax.Array) -> jax.Array:
+    """[C] int32: tokens with p > tau or any teacher's q > tau. logp [C, V]; logq [T, C, V]."""
+    return jnp.sum(_top_prob(logp, logq) > tau, axis=-1, dtype=jnp.int32)
+
+
+def _top_prob(logp: jax.Array, logq: jax.Array) -> jax.Array:
+    """max(p, q_1, ..., q_T) per token: [C, V] float32."""
+    return jnp.exp(jnp.maximum(logp, jnp.max(logq, axis=0)))
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _threshold_gather(logp: jax.Array, logq: jax.Array, tau: jax.Array, *, width: int) -> dict[str, jax.Array]:
+    values, ids = jax.lax.top_k(_top_prob(logp, logq), width)  # every token above tau is in the top `width`
+    p = jnp.exp(jnp.take_along_axis(logp, ids, axis=-1))
+    q = jnp.exp(jnp.take_along_axis(logq, jnp.broadcast_to(ids, logq.shape[:1] + ids.shape), axis=-1))
+    kl = jnp.sum(jnp.exp(logp)[None] * (logp[None] - logq), axis=-1)
+    return {"token": ids, "keep": values > tau, "p": p, "q": q, "kl": kl}
+
+
+def candidate_tokens(logp: jax.Array, logq: jax.Array, tau: float) -> dict[str, np.ndarray]:
+    """The planner's candidates at C positions: tokens with P_θ > τ or some P_te > τ, on the device.
+
+    logp: [C, V] float32 student log-softmax; logq: [T, C, V] float32 teachers' log-softmax.
+    Returns numpy arrays, W = the most candidates at any of the C positions, bucketed:
+    token [C, W] int32 (ascending within a row where ``keep``), keep [C, W] bool,
+    p [C, W] and q [T, C, W] float32 probabilities, kl [T, C] float32 full-vocabulary KL(p‖q_t).
+    At most (T + 1) / τ tokens can pass, so W is small; only it and the [T, C] KLs reach the host.
+    """
+    tau = jnp.float32(tau)
+    width = bucket(int(np.asarray(_threshold_counts(logp, logq, tau)).max(initial=1)), 4)
+    out = {k: np.asarray(v) for k, v in _threshold_gather(logp, logq, tau, width=min(width, logp.shape[-1])).items()}
+    order = np.argsort(np.where(out["keep"], out["token"], np.iinfo(np.int32).max), axis=-1, kind="stable")
+    for name in ("token", "keep", "p"):
+        out[name] = np.take_along_axis(out[name], order, axis=-1)
+    out["q"] = np.take_along_axis(out["q"], np.broadcast_to(order, out["q"].shape), axis=-1)
     return out

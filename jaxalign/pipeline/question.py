@@ -25,17 +25,17 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from jaxalign.alignment import NodeBatch, algorithm_alignment, node_alignment
 from jaxalign.checkpoint import QuestionCheckpoints
-from jaxalign.engine.sampling import bucket
-from jaxalign.engine.scoring import compare
+from jaxalign.engine.scoring import DEFAULT_SCORE_CHUNK
 from jaxalign.enrich import Candidates, EnrichConfig, children_to_enrich, depth_windows, plan_window
 from jaxalign.files import atomic_write, write_json
+from jaxalign.pipeline.candidates import skeleton_candidates
+from jaxalign.pipeline.phase2 import score_paths, write_rows
+from jaxalign.pipeline.state import Phase1State, Plan
 from jaxalign.policy import Policy
 from jaxalign.tree import RolloutTree
 
 log = logging.getLogger(__name__)
-ROW_ALGORITHMS = ("gkd", "gkd_full", "single_sample_mc", "drgrpo_mc")
 
 
 class Preempted(Exception):
@@ -53,6 +53,7 @@ class PipelineConfig:
     include_path_rollout: bool = False
     count_ancestors: bool = False
     seed: int = 0
+    score_chunk: int = DEFAULT_SCORE_CHUNK  # positions projected onto the vocabulary at a time
     enrich: EnrichConfig = EnrichConfig()
 
 
@@ -86,34 +87,17 @@ class QuestionRun:
         self.stop, self.progress = stop, progress
         self.ckpt = QuestionCheckpoints(self.run_dir / "ckpt" / _safe(qid))
         self.step = 0
+        self.state = Phase1State.fresh(cfg.num_initial, cfg.max_response_tokens)
         self.timings: dict[str, float] = {}
 
-    # --------------------------------------------------------------------------- state
-    def _fresh_state(self) -> None:
-        g, width = self.cfg.num_initial, self.cfg.max_response_tokens
-        self.stage = "initial"
-        self.init_tokens = np.full((g, width), -1, np.int64)
-        self.init_lengths = np.zeros(g, np.int64)
-        self.init_success = np.zeros(g, bool)
-        self.init_done = 0
-        self.tree: Optional[RolloutTree] = None
-        self.path_rollouts = np.zeros(0, np.int64)
-        self.window, self.plan, self.plan_cursor, self.round = 0, np.zeros((0, 3), np.int64), 0, 0
-        self.window_pairs = np.zeros((0, 2), np.int64)
-        self.budget = {"rollouts": 0, "tokens": 0, "prefills": 0, "per_window": []}
-        self.skip_reason: Optional[str] = None
+    @property
+    def tree(self) -> Optional[RolloutTree]:
+        return self.state.tree
 
+    # --------------------------------------------------------------------------- state
     def _save(self) -> None:
         self.step += 1
-        arrays = {"init_tokens": self.init_tokens, "init_lengths": self.init_lengths,
-                  "init_success": self.init_success, "path_rollouts": self.path_rollouts, "plan": self.plan,
-                  "window_pairs": self.window_pairs}
-        if self.tree is not None:
-            arrays.update({"tree/" + k: v for k, v in self.tree.to_pytree().items()})
-        meta = {"stage": self.stage, "init_done": self.init_done, "window": self.window, "round": self.round,
-                "plan_cursor": self.plan_cursor, "budget": self.budget, "skip_reason": self.skip_reason,
-                "has_tree": self.tree is not None}
-        self.ckpt.save(self.step, arrays, meta)
+        self.ckpt.save(self.step, *self.state.to_checkpoint())
         if self.stop():
             self.ckpt.wait()
             raise Preempted(f"{self.qid}: stopped after checkpoint {self.step}")
@@ -123,15 +107,8 @@ class QuestionRun:
         if found is None:
             return False
         self.step, arrays, meta = found
-        self.stage, self.init_done, self.window = meta["stage"], meta["init_done"], meta["window"]
-        self.plan_cursor, self.budget, self.skip_reason = meta["plan_cursor"], meta["budget"], meta["skip_reason"]
-        self.init_tokens, self.init_lengths = arrays["init_tokens"], arrays["init_lengths"]
-        self.init_success, self.path_rollouts = arrays["init_success"].astype(bool), arrays["path_rollouts"]
-        self.plan = arrays["plan"].reshape(-1, 3)
-        self.window_pairs, self.round = arrays["window_pairs"].reshape(-1, 2), meta["round"]
-        tree = {k[5:]: v for k, v in arrays.items() if k.startswith("tree/")}
-        self.tree = RolloutTree.from_pytree(tree) if meta["has_tree"] else None
-        log.info("%s: resumed from checkpoint %d (stage %s)", self.qid, self.step, self.stage)
+        self.state = Phase1State.from_checkpoint(arrays, meta)
+        log.info("%s: resumed from checkpoint %d (stage %s)", self.qid, self.step, self.state.stage)
         return True
 
     # --------------------------------------------------------------------------- phase 1
@@ -144,123 +121,106 @@ class QuestionRun:
         tokens = np.where(np.arange(out.tokens.shape[1]) < lengths[:, None], out.tokens, -1)
         success = np.array([self.grade(np.concatenate([prefixes[i], row[:n]]))
                             for i, row, n in zip(out.prefix_index, tokens, lengths)])
-        self.budget["rollouts"] += int(len(tokens))
-        self.budget["tokens"] += int(lengths.sum())
-        self.budget["prefills"] += len(prefixes)
+        budget = self.state.budget
+        budget["rollouts"] += int(len(tokens))
+        budget["tokens"] += int(lengths.sum())
+        budget["prefills"] += len(prefixes)
         return tokens, lengths, success
 
     def _initial(self) -> None:
-        g = self.cfg.num_initial
-        while self.init_done < g:
-            n = min(self.cfg.batch_rollouts, g - self.init_done)
-            key = question_key(self.cfg.seed, self.qid, 0, self.init_done)
+        st, g = self.state, self.cfg.num_initial
+        while st.init_done < g:
+            n = min(self.cfg.batch_rollouts, g - st.init_done)
+            key = question_key(self.cfg.seed, self.qid, 0, st.init_done)
             tokens, lengths, success = self._rollouts([np.zeros(0, np.int64)], [n], key)
-            sl = slice(self.init_done, self.init_done + n)
-            width = min(tokens.shape[1], self.init_tokens.shape[1])
-            self.init_tokens[sl, :width] = tokens[:, :width]
-            self.init_lengths[sl], self.init_success[sl] = lengths, success
-            self.init_done += n
+            sl = slice(st.init_done, st.init_done + n)
+            width = min(tokens.shape[1], st.init_tokens.shape[1])
+            st.init_tokens[sl, :width] = tokens[:, :width]
+            st.init_lengths[sl], st.init_success[sl] = lengths, success
+            st.init_done += n
             self._tick(n)
             self._save()
         self._choose_paths()
-        if self.skip_reason is None:
-            self.stage = "enrich"
+        if st.skip_reason is None:
+            st.stage = "enrich"
         self._save()
 
     def _choose_paths(self) -> None:
-        ok = self.init_success
+        st = self.state
+        ok = st.init_success
         order = np.asarray(jax.random.permutation(question_key(self.cfg.seed, self.qid, 1), len(ok)))
         correct = [i for i in order if ok[i]][: self.cfg.paths_correct]
         wrong = [i for i in order if not ok[i]][: self.cfg.paths_incorrect]
         if not correct or not wrong:
-            self.skip_reason = f"all {len(ok)} initial rollouts are {'correct' if ok.all() else 'wrong'}"
-            self.stage = "done"
+            st.skip_reason = f"all {len(ok)} initial rollouts are {'correct' if ok.all() else 'wrong'}"
+            st.stage = "done"
             return
         chosen = np.array(correct + wrong, np.int64)
-        self.path_rollouts = chosen
-        paths = [self.init_tokens[i, : self.init_lengths[i]] for i in chosen]
-        self.tree = RolloutTree.from_paths(paths, ok[chosen])
+        st.path_rollouts = chosen
+        paths = [st.init_tokens[i, : st.init_lengths[i]] for i in chosen]
+        st.tree = RolloutTree.from_paths(paths, ok[chosen])
         exclude = np.zeros(len(ok), bool)
         if not self.cfg.include_path_rollout:
             exclude[chosen] = True
-        self.tree.add_rollouts(self.init_tokens, self.init_lengths, ok, exclude=exclude)
-
-    def _candidates(self) -> Candidates:
-        """Student and teacher distributions at every skeleton node (for ranking)."""
-        tree = self.tree
-        p_full, q_full, nodes, seen = [], [[] for _ in self.teachers], [], set()
-        for path in range(tree.num_paths):  # each shared-prefix node is scored once, on its first path
-            length = int(tree.a["path_length"][path])
-            path_nodes = tree.a["path_nodes"][path, :length]
-            fresh = [d for d in range(length) if int(path_nodes[d]) not in seen]
-            if not fresh:
-                continue
-            response = tree.a["path_tokens"][path, :length]
-            positions = np.array(fresh)
-            nodes.extend(int(path_nodes[d]) for d in fresh)
-            seen.update(nodes[-len(fresh):])
-            p_full.append(np.exp(self.student.next_token_logprobs(self.prompt, response, positions)))
-            for t, teacher in enumerate(self.teachers):
-                q_full[t].append(np.exp(teacher.policy.next_token_logprobs(teacher.prompt, response, positions)))
-        return Candidates.from_distributions(nodes, np.concatenate(p_full),
-                                             np.stack([np.concatenate(q) for q in q_full]), self.cfg.enrich.tau)
+        st.tree.add_rollouts(st.init_tokens, st.init_lengths, ok, exclude=exclude)
 
     def _enrich(self) -> None:
         """Per depth window: plan, then targeted rollouts batch by batch; in adaptive mode, further
         rounds for pairs whose node's alignment sign is not settled yet."""
-        ecfg = self.cfg.enrich
-        windows = depth_windows(int(self.tree.a["path_length"].max()), ecfg.first_window, ecfg.window_growth)
-        cands = self._candidates() if self.teachers else None
-        while self.window < len(windows):
-            if len(self.plan) == 0 and cands is not None:
-                planned = plan_window(self.tree, cands, windows[self.window], ecfg)
-                self.window_pairs = np.array([(u, k) for u, k, _ in planned], np.int64).reshape(-1, 2)
-                if ecfg.adaptive:
-                    planned = [(u, k, min(need, ecfg.adaptive_step)) for u, k, need in planned]
-                self.plan, self.plan_cursor, self.round = np.array(planned, np.int64).reshape(-1, 3), 0, 0
-                self.budget["per_window"].append({"window": list(windows[self.window]), "pairs": int(len(self.plan))})
+        st, ecfg = self.state, self.cfg.enrich
+        windows = depth_windows(int(st.tree.a["path_length"].max()), ecfg.first_window, ecfg.window_growth)
+        cands = (skeleton_candidates(st.tree, self.student, self.prompt, self.teachers, ecfg.tau, self.cfg.score_chunk)
+                 if self.teachers else None)
+        while st.window < len(windows):
+            if len(st.plan) == 0 and cands is not None:
+                planned = Plan.of(plan_window(st.tree, cands, windows[st.window], ecfg))
+                st.window_pairs = np.stack([planned.node, planned.token], axis=1)
+                st.plan = planned.capped(ecfg.adaptive_step) if ecfg.adaptive else planned
+                st.plan_cursor, st.round = 0, 0
+                st.budget["per_window"].append({"window": list(windows[st.window]), "pairs": len(st.plan)})
             self._run_plan()
-            following = self._next_round(cands) if ecfg.adaptive and len(self.plan) else np.zeros((0, 3), np.int64)
+            following = self._next_round(cands) if ecfg.adaptive and len(st.plan) else Plan.empty()
             if len(following):
-                self.plan, self.plan_cursor, self.round = following, 0, self.round + 1
+                st.plan, st.plan_cursor, st.round = following, 0, st.round + 1
                 continue
-            self.window, self.plan_cursor, self.plan = self.window + 1, 0, np.zeros((0, 3), np.int64)
-        self.stage = "done"
+            st.window, st.plan_cursor, st.plan = st.window + 1, 0, Plan.empty()
+        st.stage = "done"
         self._save()
 
     def _run_plan(self) -> None:
-        """Executes self.plan from self.plan_cursor, in batches of at most batch_rollouts rollouts."""
-        while self.plan_cursor < len(self.plan):
-            batch, total = [], 0
-            while self.plan_cursor + len(batch) < len(self.plan) and (
-                    not batch or total + self.plan[self.plan_cursor + len(batch), 2] <= self.cfg.batch_rollouts):
-                batch.append(self.plan[self.plan_cursor + len(batch)])
-                total += int(batch[-1][2])
-            prefixes = [np.append(self.tree.prefix(u), k) for u, k, _ in batch]
-            key = question_key(self.cfg.seed, self.qid, 2, self.window, self.round, self.plan_cursor)
-            tokens, lengths, success = self._rollouts(prefixes, [int(n) for _, _, n in batch], key)
+        """Executes the plan from ``plan_cursor``, in batches of at most batch_rollouts rollouts."""
+        st = self.state
+        while st.plan_cursor < len(st.plan):
+            end, total = st.plan_cursor, 0
+            while end < len(st.plan) and (end == st.plan_cursor or total + st.plan.count[end] <= self.cfg.batch_rollouts):
+                total += int(st.plan.count[end])
+                end += 1
+            batch = st.plan[st.plan_cursor: end]
+            prefixes = [np.append(st.tree.prefix(u), k) for u, k, _ in batch]
+            key = question_key(self.cfg.seed, self.qid, 2, st.window, st.round, st.plan_cursor)
+            tokens, lengths, success = self._rollouts(prefixes, batch.count.tolist(), key)
             first = 0
-            for (u, k, n) in batch:
-                sl = slice(first, first + int(n))
-                self.tree.add_rollouts(tokens[sl], lengths[sl], success[sl], start=(int(u), int(k)),
-                                       count_ancestors=self.cfg.count_ancestors)
-                first += int(n)
-            self.plan_cursor += len(batch)
-            self.budget["per_window"][-1]["rollouts"] = self.budget["per_window"][-1].get("rollouts", 0) + total
+            for u, k, n in batch:
+                sl = slice(first, first + n)
+                st.tree.add_rollouts(tokens[sl], lengths[sl], success[sl], start=(u, k),
+                                     count_ancestors=self.cfg.count_ancestors)
+                first += n
+            st.plan_cursor = end
+            st.budget["per_window"][-1]["rollouts"] = st.budget["per_window"][-1].get("rollouts", 0) + total
             self._tick(total)
             self._save()
 
-    def _next_round(self, cands: Candidates) -> np.ndarray:
-        """Adaptive mode: (node, token, rollouts) for the window's pairs that the adaptive rule
-        (:func:`children_to_enrich`) still wants, below adaptive_max visits. A pair below N_sig
-        is always wanted: its node's rule cannot see it yet."""
-        ecfg = self.cfg.enrich
-        counts = self.tree.edge_counts()
+    def _next_round(self, cands: Candidates) -> Plan:
+        """Adaptive mode: the window's pairs that the adaptive rule (:func:`children_to_enrich`)
+        still wants, below adaptive_max visits. A pair below N_sig is always wanted: its node's
+        rule cannot see it yet."""
+        st, ecfg = self.state, self.cfg.enrich
+        counts = st.tree.edge_counts()
         wanted: set[tuple[int, int]] = set()
-        for u in np.unique(self.window_pairs[:, 0]):
+        for u in np.unique(st.window_pairs[:, 0]):
             at = np.flatnonzero(cands.node == u)
             tokens = cands.token[at]
-            edges = self.tree.edges(np.full(len(at), u), tokens)
+            edges = st.tree.edges(np.full(len(at), u), tokens)
             in_s = (edges >= 0) & (counts["visits"][edges] >= ecfg.n_sig)
             if in_s.sum() < 2:
                 more = np.ones(len(at), bool)
@@ -270,65 +230,16 @@ class QuestionRun:
                 more[in_s] = children_to_enrich(cands.p[at][in_s], cands.q[:, at][:, in_s], counts["successes"][e],
                                                 counts["visits"][e], ecfg)
             wanted |= {(int(u), int(t)) for t in tokens[more]}
-        have = self.tree.visits(self.window_pairs[:, 0], self.window_pairs[:, 1])
-        out = [(int(u), int(k), min(ecfg.adaptive_step, ecfg.adaptive_max - int(n)))
-               for (u, k), n in zip(self.window_pairs, have) if (int(u), int(k)) in wanted and n < ecfg.adaptive_max]
-        return np.array(out, np.int64).reshape(-1, 3)
+        have = st.tree.visits(st.window_pairs[:, 0], st.window_pairs[:, 1])
+        return Plan.of((int(u), int(k), min(ecfg.adaptive_step, ecfg.adaptive_max - int(n)))
+                       for (u, k), n in zip(st.window_pairs, have) if (int(u), int(k)) in wanted and n < ecfg.adaptive_max)
 
     def _tick(self, n: int) -> None:
         if self.progress is not None:
-            phase = "initial" if self.stage == "initial" else f"enrich w{self.window} r{self.round}"
+            st = self.state
+            phase = "initial" if st.stage == "initial" else f"enrich w{st.window} r{st.round}"
             self.progress.set_description(f"{self.qid} {phase}", refresh=False)
             self.progress.update(n)
-
-    # --------------------------------------------------------------------------- phase 2
-    def _score(self) -> list[dict]:
-        tree, ecfg = self.tree, self.cfg.enrich
-        decision = set(tree.decision_nodes(ecfg.n_sig).tolist())
-        rows = []
-        pass_rate = float(self.init_success.mean())
-        for path in range(tree.num_paths):
-            length = int(tree.a["path_length"][path])
-            depths = [d for d in range(length) if int(tree.a["path_nodes"][path, d]) in decision]
-            if not depths:
-                continue
-            count = len(depths)
-            # the jitted kernels see [bucket(M), bucket(K)] batches: padded rows repeat the last node
-            # and are sliced off below, so compiles stay bounded across paths and questions
-            positions = np.array(depths + [depths[-1]] * (bucket(count, 8) - count))
-            nodes = tree.a["path_nodes"][path, positions]
-            response = tree.a["path_tokens"][path, :length]
-            widest = tree.node_table(nodes, ecfg.n_sig).tokens.shape[1]
-            table = tree.node_table(nodes, ecfg.n_sig, columns=bucket(widest, 4))
-            safe = np.where(table.seen, table.tokens, 0)
-            logp = self.student.next_token_logprobs(self.prompt, response, positions)
-            for teacher in self.teachers:
-                logq = teacher.policy.next_token_logprobs(teacher.prompt, response, positions)
-                cmp = {k: np.asarray(v, np.float64) for k, v in compare(logp, logq, safe).items()}
-                p, q, kl = cmp["p_at"], cmp["q_at"], cmp["kl"]
-                js, l2, cos_pq = cmp["js"], cmp["l2"], cmp["cos"]
-                batch = NodeBatch(p=p, q=q, s=table.s, in_s=table.in_s, seen=table.seen, kl_full=kl,
-                                  onp_visits=table.onp_visits.astype(np.float64),
-                                  onp_successes=table.onp_successes.astype(np.float64),
-                                  baseline=np.full(len(nodes), pass_rate))
-                renorm = algorithm_alignment(batch, restrict="renormalize")
-                full = node_alignment(p, q, table.s, table.in_s, restrict="full", kl_full=kl)
-                results = {"gkd": renorm["gkd"], "gkd_full": full, "single_sample_mc": renorm["single_sample_mc"],
-                           "drgrpo_mc": renorm["drgrpo_mc"]}
-                node_stats = renorm["node"]
-                for i, d in enumerate(depths):  # the first `count` rows; the rest is padding
-                    for algo in ROW_ALGORITHMS:
-                        r = results[algo]
-                        rows.append({
-                            "qid": self.qid, "path": path, "correct": bool(tree.a["path_correct"][path]),
-                            "depth": d, "norm_depth": d / max(length - 1, 1), "token": int(response[d]),
-                            "node": int(nodes[i]), "teacher": teacher.name, "algorithm": algo,
-                            "s_u_size": int(table.in_s[i].sum()), "sr_range": float(node_stats["sr_range"][i]),
-                            "cosine": float(r["cosine"][i]), "valid": bool(r["valid"][i]),
-                            "advantage": float(node_stats["advantage"][i]), "kl": float(kl[i]), "js": float(js[i]),
-                            "l2": float(l2[i]), "cos_pq": float(cos_pq[i]), "visits": int(table.visits[i].sum()),
-                        })
-        return rows
 
     # --------------------------------------------------------------------------- entry point
     def result_paths(self) -> tuple[Path, Path, Path]:
@@ -341,23 +252,25 @@ class QuestionRun:
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
         start = time.time()
-        if not self._restore():
-            self._fresh_state()
-        if self.stage == "initial":
+        self._restore()
+        st = self.state
+        if st.stage == "initial":
             self._initial()
         self.timings["phase1_initial_s"] = round(time.time() - start, 3)
-        if self.stage == "enrich":
+        if st.stage == "enrich":
             self._enrich()
         self.timings["phase1_s"] = round(time.time() - start, 3)
-        rows = [] if self.skip_reason else self._score()
+        rows = [] if st.skip_reason else score_paths(
+            self.qid, st.tree, self.student, self.prompt, self.teachers, self.cfg.enrich.n_sig,
+            float(st.init_success.mean()), self.cfg.score_chunk)
         self.timings["total_s"] = round(time.time() - start, 3)
         self.ckpt.close()
-        atomic_write(parquet, lambda p: _write_parquet(rows, p))
-        if self.tree is not None:
-            atomic_write(tree_path, lambda p: _write_npz(self.tree.to_pytree(), p))
-        summary = {"qid": self.qid, "skipped": self.skip_reason is not None, "skip_reason": self.skip_reason,
-                   "pass_rate": float(self.init_success.mean()), "budget": self.budget, "rows": len(rows),
-                   "decision_nodes": int(len(self.tree.decision_nodes(self.cfg.enrich.n_sig))) if self.tree else 0,
+        atomic_write(parquet, lambda p: write_rows(rows, p))
+        if st.tree is not None:
+            atomic_write(tree_path, lambda p: _write_npz(st.tree.to_pytree(), p))
+        summary = {"qid": self.qid, "skipped": st.skip_reason is not None, "skip_reason": st.skip_reason,
+                   "pass_rate": float(st.init_success.mean()), "budget": st.budget, "rows": len(rows),
+                   "decision_nodes": int(len(st.tree.decision_nodes(self.cfg.enrich.n_sig))) if st.tree else 0,
                    "timings": self.timings}
         write_json(summary_path, summary)
         return summary
@@ -366,16 +279,6 @@ class QuestionRun:
 def _write_npz(arrays: dict, path: Path) -> None:
     with open(path, "wb") as f:  # a file object: np.savez would append .npz to a path
         np.savez(f, **arrays)
-
-
-def _write_parquet(rows: list[dict], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = ["qid", "path", "correct", "depth", "norm_depth", "token", "node", "teacher", "algorithm", "s_u_size",
-               "sr_range", "cosine", "valid", "advantage", "kl", "js", "l2", "cos_pq", "visits"]
-    table = pa.table({c: [r[c] for r in rows] for c in columns}) if rows else pa.table({c: [] for c in columns})
-    pq.write_table(table, path)
 
 
 def _safe(qid: str) -> str:

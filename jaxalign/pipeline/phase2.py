@@ -1,0 +1,112 @@
+"""Phase 2: every teacher scored against the one shared tree, and the row schema of the results.
+
+For each path, the student and each teacher are run once over it; only the decision nodes'
+positions are projected onto the vocabulary, a chunk at a time, and reduced on the device to the
+[M, K] gathers at the nodes' children plus the per-node divergences (KL, JS, L2, cos)
+(:func:`jaxalign.engine.scoring.compare`). The alignment kernel then gives one row per
+(path, node, teacher, algorithm). :data:`ROW_SCHEMA` is the one definition of those rows: the
+Parquet writer and the report both read it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jaxalign.alignment import NodeBatch, algorithm_alignment, node_alignment
+from jaxalign.engine.sampling import bucket
+from jaxalign.engine.scoring import compare
+from jaxalign.tree import RolloutTree
+
+# column -> pyarrow type name; the order is the file's column order
+ROW_SCHEMA = {
+    "qid": "string", "path": "int64", "correct": "bool", "depth": "int64", "norm_depth": "float64",
+    "token": "int64", "node": "int64", "teacher": "string", "algorithm": "string", "s_u_size": "int64",
+    "sr_range": "float64", "cosine": "float64", "valid": "bool", "advantage": "float64", "kl": "float64",
+    "js": "float64", "l2": "float64", "cos_pq": "float64", "visits": "int64",
+}
+ROW_ALGORITHMS = ("gkd", "gkd_full", "single_sample_mc", "drgrpo_mc")
+
+
+def decision_depths(tree: RolloutTree, n_sig: int) -> list[list[int]]:
+    """For each path, the depths along it whose node is a decision node."""
+    decision = set(tree.decision_nodes(n_sig).tolist())
+    return [[d for d in range(int(tree.a["path_length"][path])) if int(tree.a["path_nodes"][path, d]) in decision]
+            for path in range(tree.num_paths)]
+
+
+def _gathers(student, prompt, teachers: Sequence, response: np.ndarray, depths: list[int], ids: np.ndarray,
+             chunk: int) -> list[dict[str, np.ndarray]]:
+    """Per teacher: p_at, q_at [M, K] and kl, js, l2, cos [M] at the M decision depths (float64).
+
+    ids: [M, K] token ids to gather. The student's chunks are computed once and shared.
+    """
+    positions = np.asarray(depths, np.int64)
+    streams = [student.logprob_chunks(prompt, response, positions, chunk)]
+    streams += [t.policy.logprob_chunks(t.prompt, response, positions, chunk) for t in teachers]
+    pieces: list[list[dict]] = [[] for _ in teachers]
+    for first, (logp, *logqs) in zip(range(0, len(positions), chunk), zip(*streams)):
+        rows = min(chunk, len(positions) - first)
+        chunk_ids = np.zeros((chunk, ids.shape[1]), ids.dtype)
+        chunk_ids[:rows] = ids[first: first + rows]
+        for t, logq in enumerate(logqs):
+            out = compare(logp, logq, chunk_ids)
+            pieces[t].append({k: np.asarray(v, np.float64)[:rows] for k, v in out.items()})
+    return [{k: np.concatenate([piece[k] for piece in per]) for k in per[0]} for per in pieces]
+
+
+def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teachers: Sequence, n_sig: int,
+                pass_rate: float, chunk: int) -> list[dict]:
+    """One row per (path, decision node, teacher, algorithm), with the columns of :data:`ROW_SCHEMA`.
+
+    teachers: objects with ``.name``, ``.policy`` and ``.prompt``; pass_rate: the question's R̄
+    (Dr. GRPO's group mean). Node batches are padded to [bucket(M), bucket(K)] so the jitted
+    kernels compile per bucket, not per path.
+    """
+    rows = []
+    for path, depths in enumerate(decision_depths(tree, n_sig)):
+        if not depths:
+            continue
+        count, length = len(depths), int(tree.a["path_length"][path])
+        padded = depths + [depths[-1]] * (bucket(count, 8) - count)  # padding rows repeat the last node
+        nodes = tree.a["path_nodes"][path, padded]
+        response = tree.a["path_tokens"][path, :length]
+        widest = tree.node_table(nodes, n_sig).tokens.shape[1]
+        table = tree.node_table(nodes, n_sig, columns=bucket(widest, 4))
+        ids = np.where(table.seen, table.tokens, 0)
+        for teacher, cmp in zip(teachers, _gathers(student, prompt, teachers, response, padded, ids, chunk)):
+            p, q, kl = cmp["p_at"], cmp["q_at"], cmp["kl"]
+            batch = NodeBatch(p=p, q=q, s=table.s, in_s=table.in_s, seen=table.seen, kl_full=kl,
+                              onp_visits=table.onp_visits.astype(np.float64),
+                              onp_successes=table.onp_successes.astype(np.float64),
+                              baseline=np.full(len(nodes), pass_rate))
+            renorm = algorithm_alignment(batch, restrict="renormalize")
+            full = node_alignment(p, q, table.s, table.in_s, restrict="full", kl_full=kl)
+            results = {"gkd": renorm["gkd"], "gkd_full": full, "single_sample_mc": renorm["single_sample_mc"],
+                       "drgrpo_mc": renorm["drgrpo_mc"]}
+            node_stats = renorm["node"]
+            for i, d in enumerate(depths):  # the first `count` rows; the rest is padding
+                for algo in ROW_ALGORITHMS:
+                    r = results[algo]
+                    rows.append({
+                        "qid": qid, "path": path, "correct": bool(tree.a["path_correct"][path]),
+                        "depth": d, "norm_depth": d / max(length - 1, 1), "token": int(response[d]),
+                        "node": int(nodes[i]), "teacher": teacher.name, "algorithm": algo,
+                        "s_u_size": int(table.in_s[i].sum()), "sr_range": float(node_stats["sr_range"][i]),
+                        "cosine": float(r["cosine"][i]), "valid": bool(r["valid"][i]),
+                        "advantage": float(node_stats["advantage"][i]), "kl": float(kl[i]),
+                        "js": float(cmp["js"][i]), "l2": float(cmp["l2"][i]), "cos_pq": float(cmp["cos"][i]),
+                        "visits": int(table.visits[i].sum()),
+                    })
+    return rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """Writes rows as Parquet with exactly the columns and types of :data:`ROW_SCHEMA`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, pa.bool_() if kind == "bool" else getattr(pa, kind)()) for name, kind in ROW_SCHEMA.items()])
+    pq.write_table(pa.table({c: [r[c] for r in rows] for c in ROW_SCHEMA}, schema=schema), path)
