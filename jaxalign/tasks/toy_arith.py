@@ -15,9 +15,11 @@ Branching matters: one wrong digit in an early partial sum carries into the fina
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
+from jaxalign.errors import ConfigError
 from jaxalign.tasks.base import Question, final_answer
 
 
@@ -26,6 +28,18 @@ class ToyArith:
     terms: int = 3
     digits: int = 2
     name: str = "toy_arith"
+    options: ClassVar[tuple[str, ...]] = ("terms", "digits")
+    system: ClassVar[Optional[str]] = None  # the toy models were trained without a system message
+
+    def __post_init__(self):
+        for key in self.options:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"toy_arith: {key} must be an int >= 1, got {value!r}")
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return {}  # generated, never malformed
 
     def make(self, numbers: list[int], qid: str = "") -> Question:
         user = "Compute " + "+".join(map(str, numbers)) + "."
@@ -60,5 +74,9 @@ class ToyArith:
             total = new
         return f"<think>\n{' '.join(steps)}\n</think>\n\nAnswer: {total}"
 
-    def grade(self, question: Question, response: str) -> bool:
-        return final_answer(response) == question.answer
+    def grade(self, response: str | Question, answer: Any) -> bool:
+        """Whether the last 'Answer:' value equals ``answer``. Thinking is not stripped: the toy default's
+        results must not change. The legacy order ``grade(question, response)`` is still accepted."""
+        if isinstance(response, Question):
+            response, answer = answer, response.answer
+        return final_answer(response) == str(answer)
