@@ -8,8 +8,9 @@ combinations, also before any model is loaded, and names the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from jaxalign.contexts import FORMATS
 from jaxalign.errors import CheckpointError, ConfigError
@@ -52,15 +53,20 @@ class DatasetConf:
 
 @dataclasses.dataclass
 class BudgetConf:
-    name: str = "small"
-    num_initial: int = 64
-    max_response_tokens: int = 64
-    batch_rollouts: int = 256
-    n_min: int = 40
-    n_sig: int = 10
+    """Phase 1's budget and the planner's knobs. The defaults are the paper's settings (Section 2.5,
+    Appendix D) and the only defaults: :class:`jaxalign.enrich.EnrichConfig` and
+    :class:`jaxalign.pipeline.PipelineConfig` take theirs from here. ``conf/budget/*.yaml`` set
+    the presets (``small``, the embedded default, overrides the sizes)."""
+
+    name: str = "paper"
+    num_initial: int = 200  # G
+    max_response_tokens: int = 4096
+    batch_rollouts: int = 512
+    n_min: int = 100
+    n_sig: int = 20
     tau: float = 0.02
-    top_k: int = 4
-    top_r: int = 4
+    top_k: int = 8
+    top_r: int = 8
     first_window: int = 50
     window_growth: float = 2.0
     adaptive: bool = False  # further rounds only where some teacher's alignment sign is still open
@@ -80,7 +86,10 @@ class ShardConf:
 @dataclasses.dataclass
 class RunConf:
     student: ModelConf = dataclasses.field(default_factory=ModelConf)
-    teachers: Dict[str, TeacherConf] = dataclasses.field(default_factory=dict)
+    # name -> TeacherConf. Typed as Any so that ``+teachers.NAME={kind:external,model:PATH}`` can add a
+    # teacher from the command line (OmegaConf cannot merge a dict into a Dict[str, dataclass]);
+    # :func:`from_omegaconf` checks and converts each entry against TeacherConf.
+    teachers: Dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: DatasetConf = dataclasses.field(default_factory=DatasetConf)
     budget: BudgetConf = dataclasses.field(default_factory=BudgetConf)
     shard: ShardConf = dataclasses.field(default_factory=ShardConf)
@@ -114,6 +123,47 @@ def _check_local_model_dir(key: str, path: str) -> None:
         check_model_dir(Path(path).expanduser())
     except CheckpointError as err:
         raise ConfigError(f"{key}: {err}") from err
+
+
+def check_keys(node, schema=RunConf, where: str = "") -> None:
+    """Raises ConfigError for a key that no dataclass field names, e.g. ``+budget.nmin=50``.
+
+    Hydra's ``+`` adds keys even to a structured config, and ``OmegaConf.to_object`` then drops
+    them without a word; this walks ``node`` (a DictConfig or dict) against ``schema``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        name = f"{where}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{name}: unknown key{hint}")
+        value = node[key]
+        nested = {"student": ModelConf, "dataset": DatasetConf, "budget": BudgetConf, "shard": ShardConf}
+        if where == "" and key in nested and hasattr(value, "keys"):
+            check_keys(value, nested[key], name + ".")
+        elif where == "" and key == "teachers" and hasattr(value, "keys"):
+            for teacher, conf in value.items():
+                if hasattr(conf, "keys"):
+                    check_keys(conf, TeacherConf, f"teachers.{teacher}.")
+
+
+def from_omegaconf(dcfg) -> RunConf:
+    """The job's DictConfig (without ``hydra``) as a RunConf, with unknown keys rejected by name."""
+    from omegaconf import OmegaConf
+
+    check_keys(dcfg)
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConf), dcfg))
+    teachers = {}
+    for name, conf in cfg.teachers.items():
+        if not isinstance(conf, dict):
+            raise ConfigError(f"teachers.{name}: expected a mapping like {{kind: external, model: PATH}}, got {conf!r}")
+        try:
+            teachers[name] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TeacherConf), conf))
+        except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors have many types
+            raise ConfigError(f"teachers.{name}: {err}".split("\n")[0]) from err
+    cfg.teachers = teachers
+    return cfg
 
 
 def validate(cfg: RunConf) -> None:

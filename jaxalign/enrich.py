@@ -21,23 +21,40 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxalign.config import BudgetConf
 from jaxalign.tree import RolloutTree, wilson_interval
+
+
+_BUDGET = BudgetConf()  # the one place budget defaults live
 
 
 @dataclasses.dataclass(frozen=True)
 class EnrichConfig:
-    first_window: int = 50
-    window_growth: float = 2.0
-    top_k: int = 4
-    top_r: int = 4
-    tau: float = 0.02
-    n_min: int = 100
-    n_sig: int = 20
-    adaptive: bool = False
-    adaptive_step: int = 25
-    adaptive_max: int = 400
-    adaptive_share: float = 1.0  # a child of an open node gets a round if its share of the width >= this / |S_u|
+    """The planner's knobs; each is the :class:`jaxalign.config.BudgetConf` field of the same name
+    (:func:`enrich_config`), except ``z``, the interval's normal quantile (95%)."""
+
+    first_window: int = _BUDGET.first_window
+    window_growth: float = _BUDGET.window_growth
+    top_k: int = _BUDGET.top_k
+    top_r: int = _BUDGET.top_r
+    tau: float = _BUDGET.tau
+    n_min: int = _BUDGET.n_min
+    n_sig: int = _BUDGET.n_sig
+    adaptive: bool = _BUDGET.adaptive
+    adaptive_step: int = _BUDGET.adaptive_step
+    adaptive_max: int = _BUDGET.adaptive_max
+    adaptive_share: float = _BUDGET.adaptive_share  # a child of an open node gets a round if its share >= this / |S_u|
     z: float = 1.959964
+
+
+def enrich_config(budget: BudgetConf) -> EnrichConfig:
+    """Every planner knob taken from the budget by name; a knob the budget lacks is an error, not a
+    silent default."""
+    names = [f.name for f in dataclasses.fields(EnrichConfig) if f.name != "z"]
+    missing = [n for n in names if not hasattr(budget, n)]
+    if missing:
+        raise TypeError(f"BudgetConf lacks the planner knobs {missing}; add them to jaxalign.config.BudgetConf")
+    return EnrichConfig(**{n: getattr(budget, n) for n in names})
 
 
 def depth_windows(max_depth: int, first: int = 50, growth: float = 2.0) -> list[tuple[int, int]]:

@@ -30,4 +30,4 @@ class LaunchChecks(Callback):
             raise ConfigError("hydra.launcher.partition: required with hydra/launcher=slurm; "
                               "pass hydra.launcher.partition=NAME (sinfo lists them)")
         job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        C.validate(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(C.RunConf), job)))
+        C.validate(C.from_omegaconf(job))

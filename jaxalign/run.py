@@ -28,7 +28,7 @@ from jaxalign import config as C
 from jaxalign import rundir
 from jaxalign.contexts import (DemonstrationCache, ToyRuleSummarizer, build_context, check_same_generation_prompt,
                                sample_demonstrations)
-from jaxalign.enrich import EnrichConfig, depth_windows
+from jaxalign.enrich import depth_windows, enrich_config
 from jaxalign.errors import ConfigError
 from jaxalign.exact import ExactPolicy
 from jaxalign.pipeline import PipelineConfig, Preempted, QuestionRun, Teacher, question_key
@@ -43,9 +43,7 @@ def pipeline_config(cfg: C.RunConf) -> PipelineConfig:
     return PipelineConfig(
         num_initial=b.num_initial, max_response_tokens=b.max_response_tokens, batch_rollouts=b.batch_rollouts,
         include_path_rollout=cfg.include_path_rollout, count_ancestors=cfg.count_ancestors, seed=cfg.seed,
-        # every planner knob in BudgetConf carries over by name; the rest keep EnrichConfig's defaults
-        enrich=EnrichConfig(**{f.name: getattr(b, f.name) for f in dataclasses.fields(EnrichConfig)
-                               if hasattr(b, f.name)}),
+        enrich=enrich_config(b),
     )
 
 
@@ -156,7 +154,7 @@ def versions() -> dict:
 
 
 def execute(dcfg: DictConfig, run_dir: Path) -> dict:
-    cfg: C.RunConf = OmegaConf.to_object(dcfg)
+    cfg = C.from_omegaconf(dcfg)
     C.validate(cfg)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
     if cfg.dry_run:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from jaxalign import config as C
 from tests.test_run import composed
@@ -204,4 +203,4 @@ def test_run_marked_command_succeeds_as_written(ran, command):
 
 @pytest.mark.parametrize("command", COMPOSE)
 def test_compose_marked_command_composes_and_validates(command):
-    C.validate(OmegaConf.to_object(composed(*run_overrides(command))))
+    C.validate(C.from_omegaconf(composed(*run_overrides(command))))

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from jaxalign import config as C
 from jaxalign.errors import ConfigError
@@ -26,7 +25,7 @@ def composed(*overrides):
 
 
 def as_run(dcfg) -> C.RunConf:
-    return OmegaConf.to_object(dcfg)
+    return C.from_omegaconf(dcfg)
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -124,3 +123,57 @@ def test_exact_preset_rows_match_the_golden_rows(tmp_path):
 
     execute(composed("+experiment=exact"), tmp_path)
     assert_rows_match_golden(tmp_path, "exact", atol=1e-9)
+
+
+def test_a_key_added_with_plus_that_no_schema_names_fails_naming_it():
+    with pytest.raises(ConfigError, match=r"budget\.nmin: unknown key; did you mean budget\.n_min"):
+        C.from_omegaconf(composed("+budget.nmin=50"))
+    with pytest.raises(ConfigError, match=r"^nmin: unknown key"):
+        C.from_omegaconf(composed("+nmin=50"))
+    with pytest.raises(ConfigError, match=r"teachers\.SELF-1C\.contxt: unknown key"):
+        C.from_omegaconf(composed("+teachers.SELF-1C.contxt=x"))
+
+
+def test_a_teacher_can_be_added_on_the_command_line_and_is_validated():
+    cfg = C.from_omegaconf(composed("+teachers.big={kind:external,model:toy:teacher}",
+                                    "+teachers.ctx={kind:self,context:SELF-1C}"))
+    assert cfg.teachers["big"] == C.TeacherConf(kind="external", model="toy:teacher")
+    assert cfg.teachers["ctx"].context == "SELF-1C" and isinstance(cfg.teachers["ctx"], C.TeacherConf)
+    C.validate(cfg)
+    with pytest.raises(ConfigError, match=r"teachers\.big\.modl: unknown key; did you mean teachers\.big\.model"):
+        C.from_omegaconf(composed("+teachers.big={kind:external,modl:toy:teacher}"))
+    with pytest.raises(ConfigError, match=r"teachers\.big"):
+        C.from_omegaconf(composed("+teachers.big={kind:self,tilt:abc}"))
+    with pytest.raises(ConfigError, match=r"teachers\.bad\.context"):
+        C.validate(C.from_omegaconf(composed("+teachers.bad={kind:self,context:SELF-9Z}")))
+
+
+def test_budget_defaults_live_in_one_place():
+    import dataclasses
+
+    from jaxalign.enrich import EnrichConfig, enrich_config
+    from jaxalign.pipeline import PipelineConfig
+
+    budget = C.BudgetConf()
+    for field in dataclasses.fields(EnrichConfig):
+        if field.name != "z":
+            assert getattr(EnrichConfig(), field.name) == getattr(budget, field.name), field.name
+    for name in ("num_initial", "max_response_tokens", "batch_rollouts"):
+        assert getattr(PipelineConfig(), name) == getattr(budget, name), name
+    small = as_run(composed()).budget
+    assert enrich_config(small) == EnrichConfig(**{f.name: getattr(small, f.name)
+                                                  for f in dataclasses.fields(EnrichConfig) if f.name != "z"})
+
+    @dataclasses.dataclass
+    class Lacking:
+        n_min: int = 1
+
+    with pytest.raises(TypeError, match="lacks the planner knobs"):
+        enrich_config(Lacking())
+
+
+def test_a_temperature_other_than_one_is_rejected():
+    from jaxalign.pipeline import PipelineConfig
+
+    with pytest.raises(ConfigError, match="temperature 1"):
+        PipelineConfig(temperature=0.7)

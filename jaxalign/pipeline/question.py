@@ -26,8 +26,10 @@ import jax
 import numpy as np
 
 from jaxalign.checkpoint import QuestionCheckpoints
+from jaxalign.config import BudgetConf
 from jaxalign.engine.scoring import DEFAULT_SCORE_CHUNK
 from jaxalign.enrich import Candidates, EnrichConfig, children_to_enrich, depth_windows, plan_window
+from jaxalign.errors import ConfigError
 from jaxalign.files import atomic_write, write_json
 from jaxalign.pipeline.candidates import skeleton_candidates
 from jaxalign.pipeline.phase2 import score_paths, write_rows
@@ -42,19 +44,31 @@ class Preempted(Exception):
     """Raised at a safe point (after a checkpoint) when a stop was requested."""
 
 
+_BUDGET = BudgetConf()  # the one place budget defaults live
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    num_initial: int = 200  # G
+    """One question's settings. Budget sizes default to :class:`jaxalign.config.BudgetConf`'s."""
+
+    num_initial: int = _BUDGET.num_initial  # G
     paths_correct: int = 2
     paths_incorrect: int = 2
-    max_response_tokens: int = 256
-    batch_rollouts: int = 256
-    temperature: float = 1.0
+    max_response_tokens: int = _BUDGET.max_response_tokens
+    batch_rollouts: int = _BUDGET.batch_rollouts
+    temperature: float = 1.0  # the student's sampling temperature; the gradients assume 1
     include_path_rollout: bool = False
     count_ancestors: bool = False
     seed: int = 0
     score_chunk: int = DEFAULT_SCORE_CHUNK  # positions projected onto the vocabulary at a time
     enrich: EnrichConfig = EnrichConfig()
+
+    def __post_init__(self):
+        if self.temperature != 1.0:
+            # P_succ, the on-policy counts and every gradient are those of the student at T = 1;
+            # samples at T != 1 would estimate another policy's success behind each token
+            raise ConfigError(f"temperature={self.temperature}: Phase 1 samples the student at temperature 1, "
+                              "the policy whose gradients are compared; remove the setting")
 
 
 @dataclasses.dataclass
