@@ -31,11 +31,12 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from jaxalign.errors import ConfigError
 from jaxalign.models.config import Qwen3Config
 from jaxalign.models.qwen3 import Qwen3Params, SharedPrefix, forward_hidden, init_cache, logits_from_hidden
+from jaxalign.models.sharding import DATA, MODEL, ShardingRules, cache_axes, constrain, param_axes, rules_for
 from jaxalign.policy import SampleBatch
 
 COMPILES: collections.Counter = collections.Counter()
@@ -56,14 +57,14 @@ def _draw(logits: jax.Array, row_keys: jax.Array, step, temperature, greedy: boo
 
 
 def _decode(params, cfg, first_logits, row_keys, valid, cache, positions0, temperature, limit, *,
-            max_new, eos_ids, greedy, shared=None, constrain=lambda x: x):
+            max_new, eos_ids, greedy, shared=None, pin=lambda x, axes: x):
     """The sampling loop shared by both layouts. first_logits: [B, V]; valid, positions0: [B].
 
     Returns (tokens [B, max_new] int32, -1 padded; lengths [B] int32, EOS included).
     """
     eos = jnp.asarray(eos_ids, jnp.int32)
     first = jnp.where(valid, _draw(first_logits, row_keys, 0, temperature, greedy), -1)
-    out = constrain(jnp.full((first.shape[0], max_new), -1, jnp.int32).at[:, 0].set(first))
+    out = pin(jnp.full((first.shape[0], max_new), -1, jnp.int32).at[:, 0].set(first), "BT")
     lengths = valid.astype(jnp.int32)
     done = ~valid | jnp.isin(first, eos) | (limit <= 1)
 
@@ -76,7 +77,7 @@ def _decode(params, cfg, first_logits, row_keys, valid, cache, positions0, tempe
         positions = (positions0 + step - 1)[:, None]
         hidden, cache = forward_hidden(params, cfg, jnp.maximum(token, 0)[:, None], positions, cache, shared)
         nxt = jnp.where(done, -1, _draw(logits_from_hidden(params, hidden[:, 0]), row_keys, step, temperature, greedy))
-        out = constrain(jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step)))
+        out = pin(jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step)), "BT")
         lengths = lengths + (~done).astype(jnp.int32)
         return step + 1, nxt, cache, out, lengths, done | jnp.isin(nxt, eos)
 
@@ -89,45 +90,44 @@ def _row_keys(key, row_ids):
     return jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids)
 
 
-def _constrainer(row_sharding):
-    if row_sharding is None:
-        return lambda x: x
-    return lambda x: jax.lax.with_sharding_constraint(x, row_sharding) if x.ndim else x
+def _pinner(mesh: Optional[Mesh], rules: Optional[ShardingRules]):
+    """pin(tree, logical axes): the tree constrained to the mesh (identity without one)."""
+    return lambda tree, axes: constrain(tree, axes, mesh, rules)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "row_sharding"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules"))
 def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid, key, temperature, limit, *,
-                   max_new, eos_ids, greedy, row_sharding=None):
+                   max_new, eos_ids, greedy, mesh=None, rules=None):
     """prefix_tokens: [P, Lp] left-padded; prefix_start: [P]; row_ids, row_valid: [P, R]."""
     COMPILES["forked"] += 1
     num_prefixes, prefix_len = prefix_tokens.shape
     rows = row_ids.shape[0] * row_ids.shape[1]
     per_prefix = rows // num_prefixes
-    cache = init_cache(cfg, num_prefixes, prefix_len, params.dtype, prefix_start)
+    pin = _pinner(mesh, rules)
+    cache = pin(init_cache(cfg, num_prefixes, prefix_len, params.dtype, prefix_start), cache_axes(cfg, "P"))
     positions = jnp.maximum(jnp.arange(prefix_len)[None, :] - prefix_start[:, None], 0)
     hidden, cache = forward_hidden(params, cfg, prefix_tokens, positions, cache)
     shared = SharedPrefix(k=cache.k, v=cache.v, start=prefix_start)
     first_logits = jnp.repeat(logits_from_hidden(params, hidden[:, -1]), per_prefix, axis=0)
-    constrain = _constrainer(row_sharding)
-    suffix = jax.tree.map(constrain, init_cache(cfg, rows, max_new, params.dtype))
+    suffix = pin(init_cache(cfg, rows, max_new, params.dtype), cache_axes(cfg))
     return _decode(params, cfg, first_logits, _row_keys(key, row_ids.reshape(rows)), row_valid.reshape(rows),
                    suffix, jnp.repeat(shared.length, per_prefix), temperature, limit, max_new=max_new,
-                   eos_ids=eos_ids, greedy=greedy, shared=shared, constrain=constrain)
+                   eos_ids=eos_ids, greedy=greedy, shared=shared, pin=pin)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "row_sharding"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules"))
 def _sample_plain(params, cfg, tokens, start, row_ids, row_valid, key, temperature, limit, *,
-                  max_new, eos_ids, greedy, row_sharding=None):
+                  max_new, eos_ids, greedy, mesh=None, rules=None):
     """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid: [B]."""
     COMPILES["plain"] += 1
     rows, length = tokens.shape
-    constrain = _constrainer(row_sharding)
-    cache = jax.tree.map(constrain, init_cache(cfg, rows, length + max_new, params.dtype, start))
+    pin = _pinner(mesh, rules)
+    cache = pin(init_cache(cfg, rows, length + max_new, params.dtype, start), cache_axes(cfg))
     positions = jnp.maximum(jnp.arange(length)[None, :] - start[:, None], 0)
     hidden, cache = forward_hidden(params, cfg, tokens, positions, cache)
     return _decode(params, cfg, logits_from_hidden(params, hidden[:, -1]), _row_keys(key, row_ids), row_valid,
                    cache, length - start, temperature, limit, max_new=max_new, eos_ids=eos_ids, greedy=greedy,
-                   constrain=constrain)
+                   pin=pin)
 
 
 def _left_pad(seqs: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +173,9 @@ def sample(
 
     Rows are numbered in order (prefix 0's completions first), starting at ``row_offset``; row r
     uses ``fold_in(key, r)``. Batches larger than ``max_rows`` are split automatically, with the
-    same tokens as one big batch. ``mesh``: shard rows over its 'data' axis.
+    same tokens as one big batch. ``mesh`` (see :func:`jaxalign.models.sharding.make_mesh`): rows
+    and KV caches are sharded over its 'data' axis, KV heads over 'model'; with model > 1 the params
+    must already be sharded by :func:`~jaxalign.models.sharding.shard_params` on the same mesh.
     Returns tokens [N, max_new_tokens] int64 (-1 padded), lengths [N], prefix_index [N].
     """
     counts = [int(counts)] * len(prefixes) if np.ndim(counts) == 0 else [int(c) for c in counts]
@@ -184,10 +186,10 @@ def sample(
     tokens_out = np.full((sum(counts), max_new_tokens), -1, np.int64)
     lengths_out = np.zeros(sum(counts), np.int64)
     max_new = bucket(max_new_tokens, 8)
-    min_rows = 1 if mesh is None else mesh.devices.size
-    row_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec("data"))
+    rules = None if mesh is None else _rules_checked(params, cfg, mesh)
+    min_rows = 1 if mesh is None else dict(mesh.shape).get(DATA, 1)
     statics = dict(max_new=max_new, eos_ids=tuple(int(e) for e in eos_ids), greedy=temperature == 0,
-                   row_sharding=row_sharding)
+                   mesh=mesh, rules=rules)
     dynamics = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max_new_tokens))
     if fork:
         work = _chunks(counts, max_rows)
@@ -219,6 +221,19 @@ def sample(
         tokens_out[global_rows] = out[chosen, :max_new_tokens]
         lengths_out[global_rows] = lengths[chosen]
     return SampleBatch(tokens=tokens_out, lengths=lengths_out, prefix_index=np.repeat(np.arange(len(counts)), counts))
+
+
+def _rules_checked(params: Qwen3Params, cfg: Qwen3Config, mesh: Mesh) -> ShardingRules:
+    """The mesh's rules, after checking that tensor-parallel params were placed on it."""
+    rules = rules_for(cfg, mesh)
+    if dict(mesh.shape).get(MODEL, 1) > 1:
+        expected = NamedSharding(mesh, rules.spec(param_axes(cfg).embed))
+        if not params.embed.sharding.is_equivalent_to(expected, params.embed.ndim):
+            raise ConfigError(
+                f"mesh {dict(mesh.shape)} splits the model, but the params are placed on "
+                f"{params.embed.sharding}; call jaxalign.models.shard_params(params, cfg, mesh) once after loading"
+            )
+    return rules
 
 
 def _validate(prefixes, counts, max_new_tokens, temperature, max_len, eos_ids) -> None:

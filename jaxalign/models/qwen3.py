@@ -223,6 +223,24 @@ def _mlp(layer: Layer, x: Array) -> Array:
     return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, layer.down, precision=prec)
 
 
+def decoder_layer(
+    layer: Layer, cfg: Qwen3Config, x: Array, positions: Array, k_cache: Array, v_cache: Array,
+    start: Array, end: Array, prefix: Optional[tuple[Array, Array, Array]] = None,
+) -> tuple[Array, Array, Array]:
+    """One pre-norm block: attention then SwiGLU MLP, each added to the residual stream.
+
+    x: [B, T, D] in the params dtype; the other arguments as in ``_attention``.
+    Returns (x [B, T, D], new k_cache [B, S, K, H], new v_cache).
+    """
+    attn, k_cache, v_cache = _attention(
+        layer.attn, cfg, rms_norm(x, layer.attn_norm, cfg.rms_norm_eps), positions, k_cache, v_cache,
+        start, end, prefix,
+    )
+    x = x + attn
+    x = x + _mlp(layer, rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps))
+    return x, k_cache, v_cache
+
+
 def forward_hidden(
     params: Qwen3Params, cfg: Qwen3Config, tokens: Array, positions: Array, cache: KVCache,
     shared: Optional[SharedPrefix] = None,
@@ -240,12 +258,8 @@ def forward_hidden(
     new_k, new_v = [], []
     for i, (layer, k_cache, v_cache) in enumerate(zip(params.layers, cache.k, cache.v)):
         prefix = None if shared is None else (shared.k[i], shared.v[i], shared.start)
-        attn, k_cache, v_cache = _attention(
-            layer.attn, cfg, rms_norm(x, layer.attn_norm, cfg.rms_norm_eps), positions,
-            k_cache, v_cache, cache.start, cache.end, prefix,
-        )
-        x = x + attn
-        x = x + _mlp(layer, rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps))
+        x, k_cache, v_cache = decoder_layer(layer, cfg, x, positions, k_cache, v_cache, cache.start,
+                                            cache.end, prefix)
         new_k.append(k_cache)
         new_v.append(v_cache)
     hidden = rms_norm(x, params.final_norm, cfg.rms_norm_eps)

@@ -1,18 +1,21 @@
 """Flax Qwen3 against transformers' PyTorch Qwen3 on tiny random checkpoints."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from jaxalign.models import forward, forward_hidden, init_cache, load_qwen3, logits_from_hidden
+from jaxalign.models import decoder_layer, forward, forward_hidden, init_cache, load_qwen3, logits_from_hidden
 from tests.models.conftest import TINY_CONFIGS
 
 NAMES = list(TINY_CONFIGS)
 # Stated bound for bf16 params: per-position KL(p_fp32_reference || p_ours_bf16), in nats.
 BF16_MEAN_KL = 1e-3  # measured 0.7e-4 to 1.9e-4; transformers' own bf16 gives 0.6e-4 to 2.2e-4
 BF16_MAX_KL = 5e-3  # measured at most 6.6e-4
+HIDDEN_ATOL = 5e-5  # fp32 hidden states, |h| up to 12: measured at most 8.8e-6 (deepest layer)
 
 
 def _tokens(vocab: int, batch: int, steps: int, seed: int = 0) -> np.ndarray:
@@ -40,6 +43,51 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     logp = p_logits - np.logaddexp.reduce(p_logits, axis=-1, keepdims=True)
     logq = q_logits - np.logaddexp.reduce(q_logits, axis=-1, keepdims=True)
     return (np.exp(logp) * (logp - logq)).sum(-1)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _hidden_states(params, cfg, tokens):
+    """Ours, in the layout of transformers' hidden states plus the last layer's raw output.
+
+    Returns [embeddings, after layer 1, ..., after layer L, final-normed], each [B, T, D].
+    The layers are composed here from ``decoder_layer``; the last entry is ``forward_hidden``.
+    """
+    batch, steps = tokens.shape
+    cache = init_cache(cfg, batch, steps, params.dtype)
+    positions = jnp.broadcast_to(jnp.arange(steps), (batch, steps))
+    states = [params.embed[tokens]]
+    for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
+        x, _, _ = decoder_layer(layer, cfg, states[-1], positions, k_cache, v_cache, cache.start, cache.end)
+        states.append(x)
+    return states + [forward_hidden(params, cfg, tokens, positions, cache)[0]]
+
+
+def _torch_hidden_states(model, tokens: np.ndarray) -> list[np.ndarray]:
+    """transformers' hidden states are [embeddings, after layers 1..L-1, final-normed]; the last
+    layer's raw output is not among them, so a hook records it."""
+    last = []
+    hook = model.model.layers[-1].register_forward_hook(
+        lambda module, args, out: last.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            states = model(torch.from_numpy(tokens).long(), output_hidden_states=True).hidden_states
+    finally:
+        hook.remove()
+    assert len(states) == model.config.num_hidden_layers + 1
+    return [s.float().numpy() for s in (*states[:-1], last[0], states[-1])]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fp32_hidden_states_match_transformers_after_every_layer(hf_checkpoints, name):
+    path, model = hf_checkpoints[name]
+    cfg, params = load_qwen3(path, dtype=jnp.float32)
+    tokens = _tokens(cfg.vocab_size, 2, 24, seed=5)
+    with jax.default_matmul_precision("highest"):
+        ours = [np.asarray(s) for s in _hidden_states(params, cfg, tokens)]
+    ref = _torch_hidden_states(model, tokens)
+    labels = ["embeddings"] + [f"after layer {i + 1}" for i in range(cfg.num_layers)] + ["final norm"]
+    for label, got, want in zip(labels, ours, ref, strict=True):
+        np.testing.assert_allclose(got, want, atol=HIDDEN_ATOL, rtol=0, err_msg=f"{name}: {label}")
 
 
 @pytest.mark.parametrize("name", NAMES)
