@@ -2,8 +2,9 @@
 
 DIR is a run directory or a sweep directory holding runs. For every run found, a sharded run's
 shards are merged into run.json and its report (the last shard does that by itself; this is for
-when its job died); an unsharded run's report is rebuilt from its result files. Exits 1, naming
-what is missing, when a run's shards are incomplete.
+when its job died); an unsharded run's report is rebuilt from its result files. A sweep directory
+also gets DIR/report/, its runs side by side. Exits 1, naming what is missing, when a run's shards
+are incomplete.
 """
 
 from __future__ import annotations
@@ -12,14 +13,9 @@ import sys
 from pathlib import Path
 
 from jaxalign.errors import JaxalignError
-from jaxalign.report import write_report
+from jaxalign.report import write_report, write_sweep_report
+from jaxalign.report.load import run_dirs
 from jaxalign.rundir import merge
-
-
-def run_dirs(root: Path) -> list[Path]:
-    """Every run directory (one with questions/ or shards/) at or under root."""
-    marks = [*root.glob("**/questions"), *root.glob("**/shards")]
-    return sorted({p.parent for p in marks if p.is_dir()})
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +24,7 @@ def main(argv: list[str]) -> int:
         return 2
     failed = False
     for root in map(Path, argv):
-        found = run_dirs(root)
+        found, complete = run_dirs(root), True
         if not found:
             print(f"{root}: no runs found (no questions/ or shards/ below it)", file=sys.stderr)
             failed = True
@@ -43,7 +39,10 @@ def main(argv: list[str]) -> int:
                     print(f"{run_dir}: report rebuilt")
             except JaxalignError as err:
                 print(f"incomplete: {err}", file=sys.stderr)
-                failed = True
+                failed, complete = True, False
+        if found and complete and root.resolve() not in {d.resolve() for d in found}:
+            write_sweep_report(root)
+            print(f"{root}: sweep report of {len(found)} runs in {root / 'report'}")
     if len(argv) == 1 and len(found) == 1 and not failed:
         print((found[0] / "report" / "report.md").read_text())
     return 1 if failed else 0

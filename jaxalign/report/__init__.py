@@ -1,79 +1,98 @@
-"""Reports from result files: per-teacher, per-algorithm alignment tables.
+"""Reports from result files: the paper's tables with honest statistics, figures, per-token pages.
 
-``python -m jaxalign.report RUN_DIR`` rebuilds ``RUN_DIR/report/`` from ``questions/*.parquet``.
+``python -m jaxalign.report RUN_OR_SWEEP_DIR`` merges shards and rebuilds every report below the
+directory (:mod:`jaxalign.aggregate`). One run's report, in ``RUN/report/``:
+
+  report.md                 what was analysed or skipped and why, the statistics, headline tables
+  summary.csv               one line per (teacher, algorithm, convention)
+  tables/<name>.md, .csv    Tables 1-6, difficulty, skipped questions and nodes, budget, divergence
+                            filters, the multi-teacher oracle (and a screening hook for Tables 7-9)
+  figures/<name>.png, .svg  teacher ranking, correct vs incorrect, alignment along a path, the
+                            alignment histogram, the oracle curve
+  html/<qid>__<teacher>.html, html/index.html   the per-token view
+  token_weights.parquet     per-token distillation weights, max(0, cosine) x SR range
+
+A sweep directory also gets ``SWEEP/report/`` with its runs side by side. Modules: load (files to
+columns), stats (numpy/scipy statistics), tables, plots, html, document (report.md).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import dataclasses
+import logging
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
+from jaxalign.files import atomic_write, write_text
+from jaxalign.report.load import Rows, Run, load_runs
+from jaxalign.report.tables import Table
 
-from jaxalign.files import write_text
-
-COLUMNS = ("teacher", "algorithm", "nodes", "skipped", "mean_cosine", "ci95", "weighted_cosine", "mean_signal",
-           "frac_positive", "mean_cos_correct", "mean_cos_incorrect")
+log = logging.getLogger(__name__)
 
 
-def load_rows(run_dir: str | Path) -> list[dict]:
+@dataclasses.dataclass
+class RunReport:
+    run: Run
+    rows: Rows  # prepared (jaxalign.report.tables.prepare)
+    tables: dict[str, Table]
+
+
+def analyse(run: Run) -> RunReport:
+    """Prepared rows and every table of one run (no files written)."""
+    from jaxalign.report import tables
+
+    rows = tables.prepare(run.rows)
+    built = tables.run_tables(rows, run.questions, run.root)
+    return RunReport(run, rows, {t.name: t for t in [tables.summary_table(rows), *built]})
+
+
+def _write_tables(out: Path, tables: list[Table]) -> None:
+    for table in tables:
+        write_text(out / "tables" / f"{table.name}.md", table.markdown(heading="#"))
+        write_text(out / "tables" / f"{table.name}.csv", table.csv())
+
+
+def _write_parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = []
-    for path in sorted((Path(run_dir) / "questions").glob("*.parquet")):
-        rows.extend(pq.read_table(path).to_pylist())
-    return rows
+    atomic_write(path, lambda p: pq.write_table(pa.table(columns), p))
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One line per (teacher, algorithm) over valid nodes; weights are SR ranges (docs/math.md)."""
-    out = []
-    for teacher, algorithm in sorted({(r["teacher"], r["algorithm"]) for r in rows}):
-        sel = [r for r in rows if r["teacher"] == teacher and r["algorithm"] == algorithm]
-        ok = [r for r in sel if r["valid"]]
-        cos = np.array([r["cosine"] for r in ok])
-        w = np.array([r["sr_range"] for r in ok])
-        by = {c: np.array([r["cosine"] for r in ok if r["correct"] == c]) for c in (True, False)}
-        mean = lambda a: float(a.mean()) if len(a) else float("nan")  # noqa: E731
-        out.append({
-            "teacher": teacher, "algorithm": algorithm, "nodes": len(ok), "skipped": len(sel) - len(ok),
-            "mean_cosine": mean(cos), "ci95": float(1.96 * cos.std(ddof=1) / np.sqrt(len(cos))) if len(cos) > 1 else float("nan"),
-            "weighted_cosine": float((w * cos).sum() / w.sum()) if len(cos) and w.sum() > 0 else float("nan"),
-            "mean_signal": mean(w * cos), "frac_positive": mean(cos > 0),
-            "mean_cos_correct": mean(by[True]), "mean_cos_incorrect": mean(by[False]),
-        })
-    return out
+def write_report(run_dir: str | Path, *, figures: bool = True, pages: bool = True) -> str:
+    """Rebuilds ``run_dir/report/`` from the run's result files; returns report.md's text."""
+    from jaxalign.report import document, html, plots, tables
 
-
-def markdown(summary: list[dict], questions: list[dict]) -> str:
-    done = [q for q in questions if not q.get("skipped")]
-    lines = [
-        "# jaxalign report", "",
-        f"{len(questions)} questions, {len(done)} analysed, {len(questions) - len(done)} skipped "
-        "(all initial rollouts with one outcome).", "",
-        "| teacher | algorithm | nodes | mean cos ± 95% CI | weighted cos | mean signal | frac > 0 | cos correct | cos incorrect |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary:
-        lines.append(f"| {s['teacher']} | {s['algorithm']} | {s['nodes']} | {s['mean_cosine']:+.3f} ± {s['ci95']:.3f} | "
-                     f"{s['weighted_cosine']:+.3f} | {s['mean_signal']:+.4f} | {s['frac_positive']:.2f} | "
-                     f"{s['mean_cos_correct']:+.3f} | {s['mean_cos_incorrect']:+.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(run_dir: str | Path) -> str:
-    """Writes report/summary.csv and report/report.md; returns the markdown."""
-    run_dir = Path(run_dir)
-    summary = summarize(load_rows(run_dir))
-    questions = [json.loads(p.read_text()) for p in sorted((run_dir / "questions").glob("*.json"))]
-    out = run_dir / "report"
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(summary)
-    write_text(out / "summary.csv", table.getvalue())
-    text = markdown(summary, questions)
+    run = Run(Path(run_dir), ".")
+    built = analyse(run)
+    out = run.root / "report"
+    summary = built.tables["summary"]
+    write_text(out / "summary.csv", summary.csv())
+    _write_tables(out, [t for name, t in built.tables.items() if name != "summary"])
+    weights = tables.token_weights(built.rows)
+    _write_parquet(out / "token_weights.parquet", weights)
+    drawn = plots.write_figures(built.rows, built.tables, out / "figures", run.title) if figures else []
+    entries = html.write_pages(run, built.rows, out / "html") if pages else []
+    text = document.run_markdown(run, built.rows, {k: v for k, v in built.tables.items() if k != "summary"},
+                                 drawn, len(entries), len(weights["qid"]))
     write_text(out / "report.md", text)
     return text
+
+
+def write_sweep_report(root: str | Path, runs: Optional[list[Run]] = None) -> str:
+    """Writes ``root/report/``: the runs under ``root`` side by side. Returns its report.md text."""
+    from jaxalign.report import document, plots, tables
+
+    root = Path(root)
+    runs = runs if runs is not None else load_runs(root)
+    built = [analyse(run) for run in runs]
+    side = tables.sweep_tables([(b.run.name, b.run.config, b.tables) for b in built])
+    out = root / "report"
+    _write_tables(out, side)
+    figure = plots.sweep_ranking([(b.run.name, b.tables["t1_teacher_ranking"]) for b in built], out / "figures")
+    text = document.sweep_markdown([(b.run.name, b.run.title) for b in built], side, figure)
+    write_text(out / "report.md", text)
+    return text
+
+
+__all__ = ["RunReport", "analyse", "load_runs", "write_report", "write_sweep_report"]
