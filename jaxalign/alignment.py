@@ -86,7 +86,11 @@ class NodeBatch:
     in_s: [N, K] bool, S_u membership. seen: [N, K] bool, a real child (False = padding).
     kl_full: [N] float32. onp_visits, onp_successes: [N, K] float32 on-policy counts per child.
     baseline: [N] float32, the question's pass rate R̄ (Dr. GRPO's group mean).
-    Optional (algorithm skipped when None): return_sum [N, K] (MiniLLM reward-to-go sums);
+    node_success: [N] float32, P̂_u, the node's own on-policy success rate (the paper convention's
+    baseline; defaults to 0, set it for that convention).
+    js, l2, cos_pq: [N] float32 full-vocabulary features (for users' algorithms; 0 when absent).
+    Optional (algorithm skipped when None): return_sum [N, K] (MiniLLM reward-to-go sums over the
+    stored rollouts through the node) with rollout_visits [N, K] (how many took each child);
     in_topk [N, K] bool, tail_log_ratio [N], kl_bucket [N] (top-k GKD, see topk_bucket_stats).
     """
 
@@ -99,7 +103,12 @@ class NodeBatch:
     onp_visits: Array
     onp_successes: Array
     baseline: Array
+    node_success: Optional[Array] = None
+    js: Optional[Array] = None
+    l2: Optional[Array] = None
+    cos_pq: Optional[Array] = None
     return_sum: Optional[Array] = None
+    rollout_visits: Optional[Array] = None
     in_topk: Optional[Array] = None
     tail_log_ratio: Optional[Array] = None
     kl_bucket: Optional[Array] = None
@@ -116,7 +125,8 @@ def _node_gradients(b: NodeBatch, restrict: str) -> dict[str, Array]:
         "drgrpo_mc": G.drgrpo_mc(b.p, b.onp_visits, b.onp_successes, b.baseline, b.in_s, b.seen, restrict),
     }
     if b.return_sum is not None:
-        out["minillm_mc"] = G.minillm_mc(b.p, b.onp_visits, b.return_sum, b.in_s, b.seen, restrict)
+        visits = b.onp_visits if b.rollout_visits is None else b.rollout_visits
+        out["minillm_mc"] = G.minillm_mc(b.p, visits, b.return_sum, b.in_s, b.seen, restrict)
     if b.in_topk is not None:
         out["topk_gkd"] = G.topk_gkd(b.p, b.q, b.in_s, b.in_topk, b.tail_log_ratio, b.kl_bucket)
     return out

@@ -265,3 +265,27 @@ def test_bad_restrict_is_rejected():
         node_alignment(np.ones((1, 2)), np.ones((1, 2)), np.ones((1, 2)), np.ones((1, 2), bool), restrict="both")
     with pytest.raises(ValueError, match="kl_full"):
         node_alignment(np.ones((1, 2)), np.ones((1, 2)), np.ones((1, 2)), np.ones((1, 2), bool), restrict="full")
+
+
+def test_a_two_child_node_gives_plus_or_minus_one_under_every_zero_sum_convention():
+    """|S_u| = 2: zero-sum vectors in two dimensions are ±(1, -1), so renormalised cosines are a sign test;
+    the paper convention's ideal p_j (s_j - P̂_u) is not zero-sum and grades."""
+    from jaxalign.algorithms import alignments
+
+    rng = np.random.default_rng(11)
+    n, k = 64, 4
+    p = rng.dirichlet(np.ones(8), size=n)[:, :k]
+    q = rng.dirichlet(np.ones(8), size=n)[:, :k]
+    in_s = np.zeros((n, k), bool)
+    in_s[:, :2] = True
+    batch = NodeBatch(p=p, q=q, s=rng.uniform(size=(n, k)), in_s=in_s, seen=np.ones((n, k), bool),
+                      kl_full=np.full(n, 0.3), onp_visits=np.full((n, k), 30.0), onp_successes=np.full((n, k), 9.0),
+                      baseline=np.full(n, 0.4), node_success=rng.uniform(size=n))
+    names = ("gkd", "single_sample_mc", "drgrpo_mc")
+    renorm = alignments(batch, names, "renormalized")
+    for name in names:
+        cos = np.asarray(renorm[name]["cosine"])[np.asarray(renorm[name]["valid"])]
+        assert len(cos) > n // 2
+        np.testing.assert_allclose(np.abs(cos), 1.0, atol=1e-5)
+    paper = alignments(batch, ("gkd",), "paper")["gkd"]
+    assert np.mean(np.abs(np.asarray(paper["cosine"])) < 0.99) > 0.5

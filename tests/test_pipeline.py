@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # moves by about that much per unit of relative error in (s_j - s̄). Measured: 0.02-0.06 per
 # teacher over 4 questions, so 0.12 leaves a 2x margin while a bias of the size of a counting-rule
 # slip (docs/math.md: 0.15 for count_ancestors) would fail.
-MAE_BOUND = 0.12
+MAE_BOUND = {"renormalized": 0.12, "paper": 0.25}
+# The paper convention's ideal p_j (s_j - P̂_u) is not zero-sum over S_u, so the noise in P̂_u and in
+# each s_j moves its direction more: bench/convention_error.py measured a mean error of 0.09 at
+# |S_u| >= 3 and 0.20 at |S_u| = 2 (docs/math.md), against 0.06 and 0.03 for the renormalised one.
 
 
 def rows_of(run_dir, qid):
@@ -41,52 +44,76 @@ def test_depth_windows_are_exponential():
 
 
 def test_pipeline_alignment_matches_exact_truth(tmp_path):
-    errors, means = {"tilt": [], "anti": [], "noise": []}, {"tilt": [], "anti": [], "noise": []}
+    conventions = ("renormalized", "paper")
+    errors = {c: {"tilt": [], "anti": [], "noise": []} for c in conventions}
+    means = {c: {"tilt": [], "anti": [], "noise": []} for c in conventions}
     for seed in range(4):
         run = exact_run(seed, tmp_path)
         if run.run()["skipped"]:
             continue
         rows = rows_of(tmp_path, run.qid)
-        for name, errs in exact_errors(run, rows).items():
-            errors[name].extend(errs)
+        for convention in conventions:
+            for name, errs in exact_errors(run, rows, convention=convention).items():
+                errors[convention][name].extend(errs)
         for row in rows:
             if row["algorithm"] == "gkd" and row["valid"]:
-                means[row["teacher"]].append(row["cosine"])
-    for name, errs in errors.items():
-        assert len(errs) >= 20 and np.mean(errs) < MAE_BOUND, (name, len(errs), np.mean(errs))
-    mean = {k: np.mean(v) for k, v in means.items()}
-    assert mean["tilt"] > mean["noise"] > mean["anti"], mean  # the known ranking
+                means[row["convention"]][row["teacher"]].append(row["cosine"])
+    for convention in conventions:
+        for name, errs in errors[convention].items():
+            assert len(errs) >= 20 and np.mean(errs) < MAE_BOUND[convention], (convention, name, np.mean(errs))
+        mean = {k: np.mean(v) for k, v in means[convention].items()}
+        assert mean["tilt"] > mean["noise"] > mean["anti"], (convention, mean)  # the known ranking
 
 
-def test_adaptive_enrichment_runs_resumably_and_spends_less(tmp_path):
-    import dataclasses
+def test_minillm_rows_match_their_exact_expectation(tmp_path):
+    """MiniLLM's Monte-Carlo rows over the stored rollouts, against the exact expectation of its gradient
+    (expected reward-to-go by enumeration): the mean error falls within the estimator's noise."""
+    from jaxalign.algorithms import alignments
+    from jaxalign.alignment import NodeBatch
 
-    adaptive = dataclasses.replace(SMALL, enrich=dataclasses.replace(SMALL.enrich, adaptive=True, n_min=200,
-                                                                    adaptive_step=20, adaptive_max=200))
-    fixed = dataclasses.replace(SMALL, enrich=dataclasses.replace(SMALL.enrich, n_min=200))
-    a = exact_run(0, tmp_path / "adaptive", adaptive).run()
-    f = exact_run(0, tmp_path / "fixed", fixed).run()
-    assert a["budget"]["rollouts"] < f["budget"]["rollouts"]
-    calls = {"n": 0}
-
-    def stop_after_five():
-        calls["n"] += 1
-        return calls["n"] == 5
-
-    with pytest.raises(Preempted):
-        exact_run(0, tmp_path / "resumed", adaptive, stop=stop_after_five).run()
-    resumed = exact_run(0, tmp_path / "resumed", adaptive).run()
-    assert resumed["budget"] == a["budget"]
-    assert rows_of(tmp_path / "resumed", "exact-0") == rows_of(tmp_path / "adaptive", "exact-0")
+    errors = []
+    for seed in range(3):
+        run = exact_run(seed, tmp_path)
+        if run.run()["skipped"]:
+            continue
+        policy, tree = run.student, run.tree
+        teachers = {t.name: t.policy for t in run.teachers}
+        for row in rows_of(tmp_path, run.qid):
+            if row["algorithm"] != "minillm_mc" or row["convention"] != "renormalized" or not row["valid"]:
+                continue
+            table = tree.node_table([row["node"]], run.cfg.enrich.n_sig)
+            prefix = tuple(int(t) for t in tree.prefix(row["node"]))
+            tokens = np.where(table.seen, table.tokens, 0)[0]
+            teacher = teachers[row["teacher"]]
+            p, q = policy.probs(prefix), teacher.probs(prefix)
+            memo = {}
+            # E[f | child k] = log q_k - log p_k + E[reward-to-go after k]; the MC estimator's expectation
+            # is p̃_j (f_j - Σ p̃ f) on S_u, i.e. the estimator with one exact "sample" of weight p̃ per child
+            f = np.log(q[tokens]) - np.log(p[tokens]) + np.array(
+                [policy.expected_return(teacher, prefix + (int(k),), memo) for k in tokens])
+            weight = np.where(table.in_s[0], p[tokens], 0.0)
+            weight = weight / weight.sum()
+            batch = NodeBatch(p=p[tokens][None], q=q[tokens][None], s=policy.child_success_probs(prefix)[tokens][None],
+                              in_s=table.in_s, seen=table.seen, kl_full=np.zeros(1), onp_visits=weight[None],
+                              onp_successes=weight[None], baseline=np.array([0.5]), node_success=np.zeros(1),
+                              return_sum=(f * weight)[None], rollout_visits=weight[None])
+            exact = alignments(batch, ("minillm_mc",), "renormalized")["minillm_mc"]
+            if bool(exact["valid"][0]):
+                errors.append(abs(row["cosine"] - float(exact["cosine"][0])))
+    # Monte-Carlo over the initial rollouts through a node (tens to hundreds): noisier than GKD's rows
+    assert len(errors) >= 20 and np.mean(errors) < 0.35, (len(errors), np.mean(errors))
 
 
 def test_rows_have_the_documented_columns(tmp_path):
     run = exact_run(1, tmp_path)
     summary = run.run()
     rows = rows_of(tmp_path, run.qid)
-    assert rows and set(rows[0]) >= {"qid", "path", "correct", "depth", "norm_depth", "token", "teacher", "algorithm",
-                                     "s_u_size", "sr_range", "cosine", "advantage", "kl", "js", "l2", "cos_pq", "visits"}
-    assert {r["algorithm"] for r in rows} == {"gkd", "gkd_full", "single_sample_mc", "drgrpo_mc"}
+    from jaxalign.pipeline import ROW_SCHEMA
+
+    assert rows and list(rows[0]) == list(ROW_SCHEMA)
+    by = {c: {r["algorithm"] for r in rows if r["convention"] == c} for c in ("renormalized", "paper")}
+    assert by["renormalized"] == {"gkd", "gkd_full", "single_sample_mc", "drgrpo_mc", "minillm_mc"}
+    assert by["paper"] == {"gkd", "single_sample_mc", "drgrpo_mc", "minillm_mc"}
     assert all(np.isfinite(r["cosine"]) == r["valid"] for r in rows)
     assert summary["budget"]["rollouts"] >= SMALL.num_initial and summary["budget"]["per_window"]
     saved = json.loads((tmp_path / "questions" / f"{run.qid}.json").read_text())
@@ -179,3 +206,36 @@ def test_real_model_path_smoke(tmp_path):
     assert not summary["skipped"] and summary["budget"]["rollouts"] > 64
     rows = rows_of(tmp_path, "tiny-qwen3")
     assert summary["rows"] == len(rows)
+
+
+def test_a_user_algorithm_gets_rows_like_the_built_ins(tmp_path):
+    import dataclasses
+
+    from jaxalign.errors import ConfigError
+    from tests.custom_algorithm import KL_GATE
+
+    name = "tests.custom_algorithm.kl_gated_gkd"
+    cfg = dataclasses.replace(SMALL, algorithms=("gkd", name))
+    run = exact_run(2, tmp_path, cfg)
+    run.run()
+    rows = rows_of(tmp_path, run.qid)
+    assert {r["algorithm"] for r in rows} == {"gkd", name}
+    gated = {(r["node"], r["teacher"], r["convention"], r["path"]): r for r in rows if r["algorithm"] == name}
+    above = below = 0
+    for r in rows:
+        if r["algorithm"] != "gkd":
+            continue
+        mine = gated[(r["node"], r["teacher"], r["convention"], r["path"])]
+        if r["kl"] > KL_GATE:
+            assert mine["valid"] == r["valid"] and mine["cosine"] == r["cosine"]
+            above += 1
+        else:
+            assert not mine["valid"]
+            below += 1
+    assert above > 10 and below > 10, (above, below)  # both sides of the gate occur
+    with pytest.raises(ConfigError, match="cannot import"):
+        dataclasses.replace(SMALL, algorithms=("gkd", "tests.no_such_module.f"))
+    with pytest.raises(ConfigError, match="not a built-in"):
+        dataclasses.replace(SMALL, algorithms=("gkdd",))
+    with pytest.raises(ConfigError, match="conventions"):
+        dataclasses.replace(SMALL, conventions=("renormalised",))

@@ -27,7 +27,7 @@ from jaxalign.errors import ConfigError
 from jaxalign.models.config import Qwen3Config
 from jaxalign.models.qwen3 import Qwen3Params, forward_hidden, init_cache, logits_from_hidden
 
-DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_PREFILL_CHUNK = 256
 DEFAULT_SCORE_CHUNK = 64
 
 
@@ -90,6 +90,13 @@ def compare(logp: jax.Array, logq: jax.Array, ids: jax.Array) -> dict[str, jax.A
     return out
 
 
+def coarse_bucket(n: int) -> int:
+    """The smallest m >= n with at most three significant bits: 1..8, 10, 12, 14, 16, 20, 24, 28, 32, ..."""
+    n = max(int(n), 1)
+    step = 1 << max(n.bit_length() - 3, 0)
+    return -(-n // step) * step
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
 def _prefill_hidden(params: Qwen3Params, cfg: Qwen3Config, tokens: jax.Array, length: jax.Array, *,
                     chunk: int) -> jax.Array:
@@ -122,8 +129,9 @@ def path_hidden(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, respo
     """Hidden states of prompt + response on the device, and the offset of response position 0.
 
     Returns (hidden [S, D] params dtype, offset): the distribution before response token ``pos``
-    comes from hidden[offset + pos]. S is len(prompt + response) rounded up to a power of two
-    (at least the chunk), so compiles stay bounded across lengths.
+    comes from hidden[offset + pos]. S is len(prompt + response) rounded up to a whole number
+    of at most three significant bits (4, 5, 6, 7, 8, 10, 12, 14, 16, ... chunks): compiles stay
+    bounded across lengths (four sizes per doubling) and the KV cache wastes at most a quarter.
     """
     prompt = np.asarray(prompt, np.int32).ravel()
     response = np.asarray(response, np.int32).ravel()
@@ -135,8 +143,8 @@ def path_hidden(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, respo
     if len(seq) > cfg.max_position_embeddings:
         raise ConfigError(f"prompt + response = {len(seq)} tokens exceeds max_position_embeddings "
                           f"{cfg.max_position_embeddings}")
-    size = bucket(len(seq), 16)
-    chunk = min(prefill_chunk, size)
+    chunk = min(prefill_chunk, bucket(len(seq), 16))
+    size = chunk * coarse_bucket(-(-len(seq) // chunk))
     tokens = np.zeros(size, np.int32)
     tokens[: len(seq)] = seq
     return _prefill_hidden(params, cfg, jnp.asarray(tokens), jnp.int32(len(seq)), chunk=chunk), len(prompt) - 1
@@ -203,3 +211,26 @@ def candidate_tokens(logp: jax.Array, logq: jax.Array, tau: float) -> dict[str, 
         out[name] = np.take_along_axis(out[name], order, axis=-1)
     out["q"] = np.take_along_axis(out["q"], np.broadcast_to(order, out["q"].shape), axis=-1)
     return out
+
+
+@jax.jit
+def _take(logp: jax.Array, ids: jax.Array) -> jax.Array:
+    """logp[c, ids[c]]: [C, V] float32, [C] int32 -> [C] float32."""
+    return jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
+
+
+def sequence_logprobs(chunks: Iterator[jax.Array], tokens: np.ndarray) -> np.ndarray:
+    """log P(token[t] | prompt + tokens[:t]) for every t, from the chunks of positions 0..L-1.
+
+    chunks: ``policy.logprob_chunks(prompt, tokens, arange(L), chunk)``; tokens: [L] int.
+    Returns [L] float32; only one chunk of [chunk, V] log-probs exists at a time.
+    """
+    tokens = np.asarray(tokens, np.int32).ravel()
+    out, first = [], 0
+    for logp in chunks:
+        ids = np.zeros(logp.shape[0], np.int32)
+        piece = tokens[first: first + logp.shape[0]]
+        ids[: len(piece)] = piece
+        out.append(np.asarray(_take(logp, jnp.asarray(ids)))[: len(piece)])
+        first += logp.shape[0]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -3,31 +3,43 @@
 For each path, the student and each teacher are run once over it; only the decision nodes'
 positions are projected onto the vocabulary, a chunk at a time, and reduced on the device to the
 [M, K] gathers at the nodes' children plus the per-node divergences (KL, JS, L2, cos)
-(:func:`jaxalign.engine.scoring.compare`). The alignment kernel then gives one row per
-(path, node, teacher, algorithm). :data:`ROW_SCHEMA` is the one definition of those rows: the
+(:func:`jaxalign.engine.scoring.compare`). :func:`jaxalign.algorithms.alignments` then gives one
+row per (path, node, teacher, convention, algorithm). :data:`ROW_SCHEMA` is the one definition of those rows: the
 Parquet writer and the report both read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxalign.alignment import NodeBatch, algorithm_alignment, node_alignment
+from jaxalign.algorithms import CONVENTIONS, DEFAULT as DEFAULT_ALGORITHMS, alignments
+from jaxalign.alignment import NodeBatch, node_alignment
 from jaxalign.engine.sampling import bucket
 from jaxalign.engine.scoring import compare
+from jaxalign.pipeline.minillm import minillm_inputs, reward_to_go, rollouts_through
 from jaxalign.tree import RolloutTree
 
 # column -> pyarrow type name; the order is the file's column order
 ROW_SCHEMA = {
     "qid": "string", "path": "int64", "correct": "bool", "depth": "int64", "norm_depth": "float64",
-    "token": "int64", "node": "int64", "teacher": "string", "algorithm": "string", "s_u_size": "int64",
+    "token": "int64", "node": "int64", "teacher": "string", "algorithm": "string", "convention": "string",
+    "s_u_size": "int64",
     "sr_range": "float64", "cosine": "float64", "valid": "bool", "advantage": "float64", "kl": "float64",
     "js": "float64", "l2": "float64", "cos_pq": "float64", "visits": "int64",
 }
-ROW_ALGORITHMS = ("gkd", "gkd_full", "single_sample_mc", "drgrpo_mc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollouts:
+    """Stored rollouts for MiniLLM: tokens [G, W] int (-1 padded), lengths [G], counted [G] bool."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    counted: np.ndarray
 
 
 def decision_depths(tree: RolloutTree, n_sig: int) -> list[list[int]]:
@@ -58,15 +70,27 @@ def _gathers(student, prompt, teachers: Sequence, response: np.ndarray, depths: 
 
 
 def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teachers: Sequence, n_sig: int,
-                pass_rate: float, chunk: int) -> list[dict]:
-    """One row per (path, decision node, teacher, algorithm), with the columns of :data:`ROW_SCHEMA`.
+                pass_rate: float, chunk: int, algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+                conventions: Sequence[str] = CONVENTIONS, rollouts: Optional[Rollouts] = None) -> list[dict]:
+    """One row per (path, decision node, teacher, convention, algorithm), columns of :data:`ROW_SCHEMA`.
 
     teachers: objects with ``.name``, ``.policy`` and ``.prompt``; pass_rate: the question's R̄
-    (Dr. GRPO's group mean). Node batches are padded to [bucket(M), bucket(K)] so the jitted
-    kernels compile per bucket, not per path.
+    (Dr. GRPO's group mean). ``rollouts`` (the stored initial rollouts) enables ``minillm_mc``.
+    Node batches are padded to [bucket(M), bucket(K)] so the jitted kernels compile per bucket,
+    not per path.
     """
+    names = tuple(algorithms)
+    depths_per_path = decision_depths(tree, n_sig)
+    wants_minillm = "minillm_mc" in names and rollouts is not None and len(teachers) > 0
+    through, returns = {}, {}
+    if wants_minillm:
+        nodes_at = {int(tree.a["path_nodes"][path, d]): (path, d)
+                    for path, depths in enumerate(depths_per_path) for d in depths}
+        through = rollouts_through(tree, nodes_at, rollouts.tokens, rollouts.lengths, rollouts.counted)
+        rows_needed = sorted({r for found in through.values() for r in found})
+        returns = reward_to_go(student, prompt, teachers, rows_needed, rollouts.tokens, rollouts.lengths, chunk)
     rows = []
-    for path, depths in enumerate(decision_depths(tree, n_sig)):
+    for path, depths in enumerate(depths_per_path):
         if not depths:
             continue
         count, length = len(depths), int(tree.a["path_length"][path])
@@ -76,31 +100,39 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
         widest = tree.node_table(nodes, n_sig).tokens.shape[1]
         table = tree.node_table(nodes, n_sig, columns=bucket(widest, 4))
         ids = np.where(table.seen, table.tokens, 0)
-        for teacher, cmp in zip(teachers, _gathers(student, prompt, teachers, response, padded, ids, chunk)):
-            p, q, kl = cmp["p_at"], cmp["q_at"], cmp["kl"]
-            batch = NodeBatch(p=p, q=q, s=table.s, in_s=table.in_s, seen=table.seen, kl_full=kl,
-                              onp_visits=table.onp_visits.astype(np.float64),
+        onp_total = np.where(table.seen, table.onp_visits, 0).sum(1)
+        node_success = np.where(onp_total > 0, np.where(table.seen, table.onp_successes, 0).sum(1)
+                                / np.maximum(onp_total, 1), np.nan)  # no on-policy sample: paper rows invalid
+        return_sum = visits = None
+        if wants_minillm:
+            return_sum, visits = minillm_inputs(tree, nodes, table.tokens, depths, path, through, returns,
+                                                rollouts.tokens, len(teachers))
+        gathered = _gathers(student, prompt, teachers, response, padded, ids, chunk)
+        for t, (teacher, cmp) in enumerate(zip(teachers, gathered)):
+            batch = NodeBatch(p=cmp["p_at"], q=cmp["q_at"], s=table.s, in_s=table.in_s, seen=table.seen,
+                              kl_full=cmp["kl"], onp_visits=table.onp_visits.astype(np.float64),
                               onp_successes=table.onp_successes.astype(np.float64),
-                              baseline=np.full(len(nodes), pass_rate))
-            renorm = algorithm_alignment(batch, restrict="renormalize")
-            full = node_alignment(p, q, table.s, table.in_s, restrict="full", kl_full=kl)
-            results = {"gkd": renorm["gkd"], "gkd_full": full, "single_sample_mc": renorm["single_sample_mc"],
-                       "drgrpo_mc": renorm["drgrpo_mc"]}
-            node_stats = renorm["node"]
+                              baseline=np.full(len(nodes), pass_rate), node_success=node_success,
+                              js=cmp["js"], l2=cmp["l2"], cos_pq=cmp["cos"],
+                              return_sum=None if return_sum is None else return_sum[t], rollout_visits=visits)
+            node = node_alignment(cmp["p_at"], cmp["q_at"], table.s, table.in_s)  # advantage, SR range
+            results = {c: alignments(batch, names, c) for c in conventions}
             for i, d in enumerate(depths):  # the first `count` rows; the rest is padding
-                for algo in ROW_ALGORITHMS:
-                    r = results[algo]
-                    rows.append({
-                        "qid": qid, "path": path, "correct": bool(tree.a["path_correct"][path]),
-                        "depth": d, "norm_depth": d / max(length - 1, 1), "token": int(response[d]),
-                        "node": int(nodes[i]), "teacher": teacher.name, "algorithm": algo,
-                        "s_u_size": int(table.in_s[i].sum()), "sr_range": float(node_stats["sr_range"][i]),
-                        "cosine": float(r["cosine"][i]), "valid": bool(r["valid"][i]),
-                        "advantage": float(node_stats["advantage"][i]), "kl": float(kl[i]),
-                        "js": float(cmp["js"][i]), "l2": float(cmp["l2"][i]), "cos_pq": float(cmp["cos"][i]),
-                        "visits": int(table.visits[i].sum()),
-                    })
-    return rows
+                shared = {
+                    "qid": qid, "path": path, "correct": bool(tree.a["path_correct"][path]),
+                    "depth": d, "norm_depth": d / max(length - 1, 1), "token": int(response[d]),
+                    "node": int(nodes[i]), "teacher": teacher.name, "s_u_size": int(table.in_s[i].sum()),
+                    "sr_range": float(node["sr_range"][i]), "advantage": float(node["advantage"][i]),
+                    "kl": float(cmp["kl"][i]), "js": float(cmp["js"][i]), "l2": float(cmp["l2"][i]),
+                    "cos_pq": float(cmp["cos"][i]), "visits": int(table.visits[i].sum()),
+                }
+                for convention in conventions:
+                    for algo in names:  # in the order asked for (a jitted dict comes back key-sorted)
+                        r = results[convention].get(algo)
+                        if r is not None:
+                            rows.append({**shared, "convention": convention, "algorithm": algo,
+                                         "cosine": float(r["cosine"][i]), "valid": bool(r["valid"][i])})
+    return [{c: row[c] for c in ROW_SCHEMA} for row in rows]
 
 
 def write_rows(rows: list[dict], path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
+from jaxalign import algorithms as algos
 from jaxalign.checkpoint import QuestionCheckpoints
 from jaxalign.config import BudgetConf
 from jaxalign.engine.scoring import DEFAULT_SCORE_CHUNK
@@ -32,7 +33,7 @@ from jaxalign.enrich import Candidates, EnrichConfig, children_to_enrich, depth_
 from jaxalign.errors import ConfigError
 from jaxalign.files import atomic_write, write_json
 from jaxalign.pipeline.candidates import skeleton_candidates
-from jaxalign.pipeline.phase2 import score_paths, write_rows
+from jaxalign.pipeline.phase2 import Rollouts, score_paths, write_rows
 from jaxalign.pipeline.state import Phase1State, Plan
 from jaxalign.policy import Policy
 from jaxalign.tree import RolloutTree
@@ -61,9 +62,12 @@ class PipelineConfig:
     count_ancestors: bool = False
     seed: int = 0
     score_chunk: int = DEFAULT_SCORE_CHUNK  # positions projected onto the vocabulary at a time
+    algorithms: tuple[str, ...] = algos.DEFAULT  # built-in names or import paths (jaxalign.algorithms)
+    conventions: tuple[str, ...] = algos.CONVENTIONS
     enrich: EnrichConfig = EnrichConfig()
 
     def __post_init__(self):
+        algos.check(self.algorithms, self.conventions)
         if self.temperature != 1.0:
             # P_succ, the on-policy counts and every gradient are those of the student at T = 1;
             # samples at T != 1 would estimate another policy's success behind each token
@@ -248,6 +252,14 @@ class QuestionRun:
         return Plan.of((int(u), int(k), min(ecfg.adaptive_step, ecfg.adaptive_max - int(n)))
                        for (u, k), n in zip(st.window_pairs, have) if (int(u), int(k)) in wanted and n < ecfg.adaptive_max)
 
+    def _stored_rollouts(self) -> Rollouts:
+        """The initial rollouts as the counts saw them (the paths' own left out unless included)."""
+        st = self.state
+        counted = np.arange(len(st.init_lengths)) < st.init_done
+        if not self.cfg.include_path_rollout:
+            counted[st.path_rollouts] = False
+        return Rollouts(st.init_tokens, st.init_lengths, counted)
+
     def _tick(self, n: int) -> None:
         if self.progress is not None:
             st = self.state
@@ -276,7 +288,8 @@ class QuestionRun:
         self.timings["phase1_s"] = round(time.time() - start, 3)
         rows = [] if st.skip_reason else score_paths(
             self.qid, st.tree, self.student, self.prompt, self.teachers, self.cfg.enrich.n_sig,
-            float(st.init_success.mean()), self.cfg.score_chunk)
+            float(st.init_success.mean()), self.cfg.score_chunk, self.cfg.algorithms, self.cfg.conventions,
+            self._stored_rollouts())
         self.timings["total_s"] = round(time.time() - start, 3)
         self.ckpt.close()
         atomic_write(parquet, lambda p: write_rows(rows, p))

@@ -1,0 +1,67 @@
+"""MiniLLM's inputs: the teacher reward-to-go of the stored rollouts through each decision node.
+
+MiniLLM (2.10) weights each on-policy sample at node u by its reward-to-go from u,
+Σ_{t' >= t} (log q(o_t') − log p(o_t')). That needs the student's and the teacher's log-prob of every
+token of the rollout, so it costs one forward pass per rollout and model. The rollouts used are the
+initial ones (sampled from the root, so on-policy at every node they pass), minus the paths' own
+rollouts unless ``include_path_rollout``: the same rows the counting rules count. Targeted rollouts
+are not stored, so deep nodes see fewer MiniLLM samples than the other estimators; ``rollout_visits``
+says how many.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxalign.engine.scoring import sequence_logprobs
+from jaxalign.tree import RolloutTree
+
+
+def rollouts_through(tree: RolloutTree, nodes_at: dict[int, tuple[int, int]], tokens: np.ndarray,
+                     lengths: np.ndarray, counted: np.ndarray) -> dict[int, list[int]]:
+    """For each node (id -> (path, depth)), the counted rollouts that pass it and take a next token.
+
+    tokens: [G, W] int (-1 padded); lengths: [G]; counted: [G] bool. A rollout passes node u at
+    depth d of path P when its first d tokens are P's and it has a token at d.
+    """
+    out = {}
+    for node, (path, depth) in nodes_at.items():
+        prefix = tree.a["path_tokens"][path, :depth]
+        match = (tokens[:, :depth] == prefix).all(1) if depth else np.ones(len(tokens), bool)
+        out[node] = np.flatnonzero(match & (lengths > depth) & counted).tolist()
+    return out
+
+
+def reward_to_go(student, prompt, teachers: Sequence, rows: Sequence[int], tokens: np.ndarray,
+                 lengths: np.ndarray, chunk: int) -> dict[int, np.ndarray]:
+    """{rollout: [T, L] float64}: Σ_{t' >= t} (log q_t − log p)(o_t') for each teacher, t < L = its length."""
+    out = {}
+    for r in rows:
+        seq = tokens[r, : lengths[r]]
+        positions = np.arange(len(seq))
+        logp = sequence_logprobs(student.logprob_chunks(prompt, seq, positions, chunk), seq).astype(np.float64)
+        ratios = np.stack([sequence_logprobs(t.policy.logprob_chunks(t.prompt, seq, positions, chunk), seq) - logp
+                           for t in teachers])
+        out[r] = np.cumsum(ratios[:, ::-1], axis=1)[:, ::-1]
+    return out
+
+
+def minillm_inputs(tree: RolloutTree, table_nodes: np.ndarray, table_tokens: np.ndarray, depths: Sequence[int],
+                   path: int, through: dict[int, list[int]], returns: dict[int, np.ndarray], tokens: np.ndarray,
+                   teachers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(return_sum [T, N, K], rollout_visits [N, K]) for a node table of one path.
+
+    table_nodes [N], table_tokens [N, K] (-1 pad): the decision nodes at ``depths`` of ``path`` and
+    their children; through/returns: from :func:`rollouts_through` and :func:`reward_to_go`.
+    """
+    n, k = table_tokens.shape
+    return_sum, visits = np.zeros((teachers, n, k)), np.zeros((n, k))
+    for i, (node, depth) in enumerate(zip(table_nodes[: len(depths)], depths)):
+        for r in through.get(int(node), []):
+            column = np.flatnonzero(table_tokens[i] == tokens[r, depth])
+            if len(column):
+                visits[i, column[0]] += 1
+                return_sum[:, i, column[0]] += returns[r][:, depth]
+    return return_sum, visits
