@@ -1,4 +1,4 @@
-"""Bias of the two counting-rule options on ExactPolicy (DESIGN.md, "Counting rules").
+"""Bias of the two counting-rule options on ExactPolicy (docs/design.md, "The tree": counting rules).
 
     python bench/counting_rules.py [--quick]
 
@@ -27,7 +27,7 @@ from tests.exact_helpers import alignment_at, build_tree  # noqa: E402
 
 def edge_truth(tree, policy):
     return np.array([
-        policy.success_prob(tuple(int(t) for t in tree.prefix(tree.a["edge_node"][e])) + (int(tree.a["edge_token"][e]),))
+        policy.success_prob(tuple(int(t) for t in tree.prefix(tree.edge_node[e])) + (int(tree.edge_token[e]),))
         for e in range(tree.num_edges)
     ])
 
@@ -53,11 +53,11 @@ def main():
             # include_path_rollout: n_min = 0, so path edges keep their on-policy counts only
             b = build_tree(policy, seed, n_initial=200, n_min=0, include_path_rollout=flag)
             c, truth = b.tree.edge_counts(), edge_truth(b.tree, policy)
-            a = b.tree.a
-            for p in range(b.tree.num_paths):
-                edges = a["path_edges"][p, : a["path_length"][p]]
+            tree = b.tree
+            for p in range(tree.num_paths):
+                edges = tree.path_edges[p, : tree.path_length[p]]
                 visited = c["visits"][edges] >= 1
-                rows["path"][flag].append((bool(a["path_correct"][p]), (c["p_succ"] - truth)[edges][visited]))
+                rows["path"][flag].append((bool(tree.path_correct[p]), (c["p_succ"] - truth)[edges][visited]))
     figures = {"seeds": len(seeds)}
     for flag in (False, True):
         err, cover, align = (np.concatenate([r[i] for r in rows["ancestors"][flag]]) for i in range(3))

@@ -84,7 +84,7 @@ def _workload(length: int, teachers: int, layers: int):
     # decision nodes spread along the path: 3 children with N_sig forced visits and distinct outcomes
     empty = np.full((20, 1), -1)
     for depth in np.linspace(0, length - 1, DECISION_NODES).astype(int):
-        node = int(tree.a["path_nodes"][0, depth])
+        node = int(tree.path_nodes[0, depth])
         for j, token in enumerate((int(path[depth]), 151_000 + depth % 7, 151_100 + depth % 7)):
             tree.add_rollouts(empty, np.zeros(20, np.int64), np.arange(20) < 5 + 5 * j, start=(node, token))
     return tree, student, prompt, group, params
@@ -96,12 +96,12 @@ def _old_candidates(tree, student, prompt, teachers):
 
     from jaxalign.enrich import Candidates
 
-    length = int(tree.a["path_length"][0])
-    response = tree.a["path_tokens"][0, :length]
+    length = int(tree.path_length[0])
+    response = tree.path_tokens[0, :length]
     positions = np.arange(length)
     p_full = np.exp(student.next_token_logprobs(prompt, response, positions))
     q_full = np.stack([np.exp(t.policy.next_token_logprobs(t.prompt, response, positions)) for t in teachers])
-    return Candidates.from_distributions(tree.a["path_nodes"][0, :length], p_full, q_full, TAU)
+    return Candidates.from_distributions(tree.path_nodes[0, :length], p_full, q_full, TAU)
 
 
 def _old_phase2(tree, student, prompt, teachers):
@@ -112,8 +112,8 @@ def _old_phase2(tree, student, prompt, teachers):
     from jaxalign.pipeline.phase2 import decision_depths
 
     depths = decision_depths(tree, 20)[0]
-    response = tree.a["path_tokens"][0, : int(tree.a["path_length"][0])]
-    nodes = tree.a["path_nodes"][0, depths]
+    response = tree.path_tokens[0, : int(tree.path_length[0])]
+    nodes = tree.path_nodes[0, depths]
     table = tree.node_table(nodes, 20)
     logp = student.next_token_logprobs(prompt, response, np.array(depths))
     return [{k: np.asarray(v) for k, v in compare(logp, t.policy.next_token_logprobs(t.prompt, response, np.array(depths)),

@@ -1,7 +1,7 @@
 """Alignment of distillation gradients with the ideal gradient, over padded node batches.
 
 Pure array math, jit-compiled and vmapped over nodes. The public kernel is
-:func:`node_alignment` (signature fixed by DESIGN.md); :func:`algorithm_alignment` runs every
+:func:`node_alignment` (a public interface, docs/design.md); :func:`algorithm_alignment` runs every
 algorithm of :mod:`jaxalign.gradients` on a :class:`NodeBatch`. Aggregates across nodes
 (weighted cosine, mean signal) and the full-vocabulary divergence features live here too.
 

@@ -95,7 +95,7 @@ class Candidates:
 
 def plan_window(tree: RolloutTree, cands: Candidates, window: tuple[int, int], cfg: EnrichConfig) -> list[tuple[int, int, int]]:
     """The (node, token, rollouts needed) pairs to enrich in one depth window, sorted by node."""
-    depth = tree.a["node_depth"][cands.node]
+    depth = tree.node_depth[cands.node]
     visits = tree.visits(cands.node, cands.token)
     eligible = np.flatnonzero((depth >= window[0]) & (depth < window[1]) & (visits < cfg.n_min))
     if len(eligible) == 0:

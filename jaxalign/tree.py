@@ -1,11 +1,11 @@
 """The skeleton rollout trie: representative paths plus per-child visit counts at their nodes.
 
-Only nodes on the representative paths are stored (DESIGN.md, "The tree"). A node is a response
+Only nodes on the representative paths are stored (docs/design.md, "The tree"). A node is a response
 prefix; node ``d`` of a path is the prefix ``path[:d]`` and its children are next tokens. For every
 node, an *edge* row counts the rollouts that took each child token there, with on-policy and
 forced counts kept apart. Memory is O(paths x depth x children seen).
 
-Arrays (all numpy, so the tree checkpoints as a pytree):
+Named array fields (all numpy, so the tree checkpoints as a pytree, :meth:`RolloutTree.to_pytree`):
   nodes:  node_parent [M] int32 (-1 for the root), node_token [M] (token into the node, -1 root),
           node_depth [M]
   edges:  edge_node [E], edge_token [E], edge_child [E] (skeleton node below, -1 if off-skeleton),
@@ -32,6 +32,8 @@ import numpy as np
 from jaxalign.errors import JaxalignError
 
 _EDGE_COUNTS = ("onp_visits", "onp_successes", "forced_visits", "forced_successes")
+FIELDS = ("node_parent", "node_token", "node_depth", "edge_node", "edge_token", "edge_child", *_EDGE_COUNTS,
+          "path_nodes", "path_tokens", "path_edges", "path_length", "path_correct")
 
 
 def wilson_interval(successes, visits, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +72,28 @@ class NodeTable:
 class RolloutTree:
     """Skeleton trie over representative response paths (token arrays ending in EOS)."""
 
+    node_parent: np.ndarray
+    node_token: np.ndarray
+    node_depth: np.ndarray
+    edge_node: np.ndarray
+    edge_token: np.ndarray
+    edge_child: np.ndarray
+    onp_visits: np.ndarray
+    onp_successes: np.ndarray
+    forced_visits: np.ndarray
+    forced_successes: np.ndarray
+    path_nodes: np.ndarray
+    path_tokens: np.ndarray
+    path_edges: np.ndarray
+    path_length: np.ndarray
+    path_correct: np.ndarray
+
     def __init__(self, arrays: dict[str, np.ndarray]):
-        self.a = arrays
+        missing = sorted(set(FIELDS) - set(arrays))
+        if missing:
+            raise JaxalignError(f"a rollout tree needs the arrays {missing}")
+        for name in FIELDS:
+            setattr(self, name, arrays[name])
         self._edge_of = {
             (int(n), int(t)): i for i, (n, t) in enumerate(zip(arrays["edge_node"], arrays["edge_token"]))
         }
@@ -125,7 +147,7 @@ class RolloutTree:
     def to_pytree(self) -> dict[str, np.ndarray]:
         """All state as a dict of numpy arrays (edge arrays trimmed to their used length)."""
         return {k: (v[: self._num_edges] if k.startswith(("edge_", *_EDGE_COUNTS)) else v).copy()
-                for k, v in sorted(self.a.items())}  # sorted: the same file whether or not it was restored
+                for k, v in sorted((name, getattr(self, name)) for name in FIELDS)}  # sorted: one file layout
 
     @classmethod
     def from_pytree(cls, tree: dict[str, np.ndarray]) -> "RolloutTree":
@@ -134,7 +156,7 @@ class RolloutTree:
     # ----------------------------------------------------------------------------- properties
     @property
     def num_nodes(self) -> int:
-        return len(self.a["node_parent"])
+        return len(self.node_parent)
 
     @property
     def num_edges(self) -> int:
@@ -142,14 +164,14 @@ class RolloutTree:
 
     @property
     def num_paths(self) -> int:
-        return len(self.a["path_length"])
+        return len(self.path_length)
 
     def prefix(self, node: int) -> np.ndarray:
         """The response tokens leading from the root to ``node``, [depth] int64."""
         out = []
         while node > 0:
-            out.append(self.a["node_token"][node])
-            node = self.a["node_parent"][node]
+            out.append(self.node_token[node])
+            node = self.node_parent[node]
         return np.array(out[::-1], np.int64)
 
     def edge(self, node: int, token: int) -> Optional[int]:
@@ -170,13 +192,13 @@ class RolloutTree:
         if found is not None:
             return found
         idx = self._num_edges
-        if idx == len(self.a["edge_node"]):  # grow all edge arrays by doubling
+        if idx == len(self.edge_node):  # grow all edge arrays by doubling
             for name in ("edge_node", "edge_token", "edge_child", *_EDGE_COUNTS):
-                old = self.a[name]
+                old = getattr(self, name)
                 grown = np.full(max(2 * len(old), 16), -1 if name == "edge_child" else 0, old.dtype)
                 grown[: len(old)] = old
-                self.a[name] = grown
-        self.a["edge_node"][idx], self.a["edge_token"][idx], self.a["edge_child"][idx] = key[0], key[1], -1
+                setattr(self, name, grown)
+        self.edge_node[idx], self.edge_token[idx], self.edge_child[idx] = key[0], key[1], -1
         self._edge_of[key] = idx
         self._num_edges += 1
         return idx
@@ -217,23 +239,23 @@ class RolloutTree:
             raise JaxalignError(f"start node {node} is not in the tree ({self.num_nodes} nodes)")
         edge = self._edge_or_new(node, forced)
         n, wins = len(tokens), int(success.sum())
-        self.a["forced_visits"][edge] += n
-        self.a["forced_successes"][edge] += wins
+        self.forced_visits[edge] += n
+        self.forced_successes[edge] += wins
         if count_ancestors:
             child = node
             while child > 0:
-                up = self.edge(self.a["node_parent"][child], self.a["node_token"][child])
-                self.a["forced_visits"][up] += n
-                self.a["forced_successes"][up] += wins
-                child = self.a["node_parent"][child]
-        below = self.a["edge_child"][edge]
+                up = self.edge(self.node_parent[child], self.node_token[child])
+                self.forced_visits[up] += n
+                self.forced_successes[up] += wins
+                child = self.node_parent[child]
+        below = self.edge_child[edge]
         if below >= 0:
             self._walk(int(below), tokens, lengths, success)
 
     def _walk(self, node: int, tokens: np.ndarray, lengths: np.ndarray, success: np.ndarray) -> None:
         """Counts on-policy visits of rollouts sampled from ``node`` along the skeleton below it."""
-        depth = int(self.a["node_depth"][node])
-        through = np.flatnonzero(self.a["path_nodes"][:, depth] == node) if depth < self.a["path_nodes"].shape[1] else []
+        depth = int(self.node_depth[node])
+        through = np.flatnonzero(self.path_nodes[:, depth] == node) if depth < self.path_nodes.shape[1] else []
         if len(through) == 0:
             raise JaxalignError(f"node {node} lies on no path")
         width = tokens.shape[1]
@@ -241,8 +263,8 @@ class RolloutTree:
         best_len = np.full(len(tokens), -1)
         best_path = np.zeros(len(tokens), np.int64)
         for p in through:
-            path_tok = self.a["path_tokens"][p, depth: depth + width]
-            remaining = int(self.a["path_length"][p]) - depth
+            path_tok = self.path_tokens[p, depth: depth + width]
+            remaining = int(self.path_length[p]) - depth
             equal = np.zeros_like(tokens, bool)
             equal[:, : len(path_tok)] = tokens[:, : len(path_tok)] == path_tok
             equal &= (pos < lengths[:, None]) & (pos < remaining)
@@ -252,24 +274,24 @@ class RolloutTree:
             best_path = np.where(better, p, best_path)
         # matched skeleton edges: path_edges[best_path, depth + j] for j < best_len
         rows, cols = np.nonzero(pos[None, :] < best_len[:, None])
-        on_path = self.a["path_edges"][best_path[rows], depth + cols]
-        np.add.at(self.a["onp_visits"], on_path, 1)
-        np.add.at(self.a["onp_successes"], on_path, success[rows].astype(np.int64))
+        on_path = self.path_edges[best_path[rows], depth + cols]
+        np.add.at(self.onp_visits, on_path, 1)
+        np.add.at(self.onp_successes, on_path, success[rows].astype(np.int64))
         # the first token that leaves the skeleton, where there is one
         for b in np.flatnonzero(best_len < lengths):
             at_depth = depth + best_len[b]
-            if at_depth >= self.a["path_length"][best_path[b]]:
+            if at_depth >= self.path_length[best_path[b]]:
                 continue  # the path was cut at the length limit; the rollout goes on past it
-            edge = self._edge_or_new(int(self.a["path_nodes"][best_path[b], at_depth]), int(tokens[b, best_len[b]]))
-            self.a["onp_visits"][edge] += 1
-            self.a["onp_successes"][edge] += int(success[b])
+            edge = self._edge_or_new(int(self.path_nodes[best_path[b], at_depth]), int(tokens[b, best_len[b]]))
+            self.onp_visits[edge] += 1
+            self.onp_successes[edge] += int(success[b])
 
     # ----------------------------------------------------------------------------- estimates
     def edge_counts(self) -> dict[str, np.ndarray]:
         """visits, successes (on-policy + forced) and P̂_succ per edge, [E] each."""
         e = self._num_edges
-        visits = self.a["onp_visits"][:e] + self.a["forced_visits"][:e]
-        successes = self.a["onp_successes"][:e] + self.a["forced_successes"][:e]
+        visits = self.onp_visits[:e] + self.forced_visits[:e]
+        successes = self.onp_successes[:e] + self.forced_successes[:e]
         return {"visits": visits, "successes": successes, "p_succ": successes / np.maximum(visits, 1)}
 
     def success_interval(self, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
@@ -282,9 +304,9 @@ class RolloutTree:
         nodes = np.asarray(nodes, np.int64)
         e = self._num_edges
         counts = self.edge_counts()
-        order = np.argsort(self.a["edge_node"][:e], kind="stable")
-        starts = np.searchsorted(self.a["edge_node"][:e][order], nodes, "left")
-        stops = np.searchsorted(self.a["edge_node"][:e][order], nodes, "right")
+        order = np.argsort(self.edge_node[:e], kind="stable")
+        starts = np.searchsorted(self.edge_node[:e][order], nodes, "left")
+        stops = np.searchsorted(self.edge_node[:e][order], nodes, "right")
         width = int((stops - starts).max(initial=1)) if columns is None else columns
         if columns is not None and (stops - starts).max(initial=0) > columns:
             raise JaxalignError(f"a node has {(stops - starts).max()} children, more than columns={columns}")
@@ -299,9 +321,9 @@ class RolloutTree:
 
         visits = take(counts["visits"])
         return NodeTable(
-            nodes=nodes, tokens=np.where(seen, self.a["edge_token"][safe], -1), seen=seen,
+            nodes=nodes, tokens=np.where(seen, self.edge_token[safe], -1), seen=seen,
             in_s=seen & (visits >= n_sig), visits=visits, successes=take(counts["successes"]),
-            onp_visits=take(self.a["onp_visits"][:e]), onp_successes=take(self.a["onp_successes"][:e]),
+            onp_visits=take(self.onp_visits[:e]), onp_successes=take(self.onp_successes[:e]),
             s=np.where(seen, counts["p_succ"][safe], 0.0),
         )
 

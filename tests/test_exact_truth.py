@@ -50,7 +50,7 @@ def test_estimates_lie_in_their_99_percent_interval_of_the_truth():
         counts = tree.edge_counts()
         low, high = wilson_interval(counts["successes"], counts["visits"], Z99)
         exact = np.array([
-            pol.success_prob(tuple(tree.prefix(tree.a["edge_node"][e])) + (int(tree.a["edge_token"][e]),))
+            pol.success_prob(tuple(tree.prefix(tree.edge_node[e])) + (int(tree.edge_token[e]),))
             for e in range(tree.num_edges)
         ])
         enough = counts["visits"] >= 100

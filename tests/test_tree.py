@@ -40,11 +40,11 @@ def brute_force(paths, batches, count_ancestors):
 def tree_counts(tree):
     onp, forced = {}, {}
     for e in range(tree.num_edges):
-        key = (tuple(int(t) for t in tree.prefix(tree.a["edge_node"][e])), int(tree.a["edge_token"][e]))
-        if tree.a["onp_visits"][e]:
-            onp[key] = (int(tree.a["onp_visits"][e]), int(tree.a["onp_successes"][e]))
-        if tree.a["forced_visits"][e]:
-            forced[key] = (int(tree.a["forced_visits"][e]), int(tree.a["forced_successes"][e]))
+        key = (tuple(int(t) for t in tree.prefix(tree.edge_node[e])), int(tree.edge_token[e]))
+        if tree.onp_visits[e]:
+            onp[key] = (int(tree.onp_visits[e]), int(tree.onp_successes[e]))
+        if tree.forced_visits[e]:
+            forced[key] = (int(tree.forced_visits[e]), int(tree.forced_successes[e]))
     return onp, forced
 
 
@@ -132,7 +132,7 @@ def test_decision_nodes_and_node_table():
         for start, tok, n, wins in node_tok_rows:
             tree.add_rollouts(np.full((n, 1), -1), np.zeros(n, int), np.arange(n) < wins, start=(start, tok))
     add([(0, 0, 30, 20), (0, 1, 25, 5), (0, 2, 5, 5)])      # root: two children with >= 20 visits
-    node_01 = tree.a["edge_child"][tree.edge(0, 0)]
+    node_01 = tree.edge_child[tree.edge(0, 0)]
     add([(node_01, 1, 30, 15), (node_01, 2, 30, 15)])      # SR range 0: not a decision node
     assert list(tree.decision_nodes(n_sig=20)) == [0]
     table = tree.node_table([0, node_01], n_sig=20)

@@ -28,13 +28,13 @@ def skeleton_candidates(tree: RolloutTree, student, prompt: np.ndarray, teachers
     """
     node, token, p, q, kl, seen = [], [], [], [], [], set()
     for path in range(tree.num_paths):
-        length = int(tree.a["path_length"][path])
-        path_nodes = tree.a["path_nodes"][path, :length]
+        length = int(tree.path_length[path])
+        path_nodes = tree.path_nodes[path, :length]
         fresh = np.array([d for d in range(length) if int(path_nodes[d]) not in seen], np.int64)
         if not len(fresh):
             continue
         seen.update(int(path_nodes[d]) for d in fresh)
-        response = tree.a["path_tokens"][path, :length]
+        response = tree.path_tokens[path, :length]
         streams = [student.logprob_chunks(prompt, response, fresh, chunk)]
         streams += [t.policy.logprob_chunks(t.prompt, response, fresh, chunk) for t in teachers]
         for first, (logp, *logq) in zip(range(0, len(fresh), chunk), zip(*streams)):

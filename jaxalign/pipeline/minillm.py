@@ -28,7 +28,7 @@ def rollouts_through(tree: RolloutTree, nodes_at: dict[int, tuple[int, int]], to
     """
     out = {}
     for node, (path, depth) in nodes_at.items():
-        prefix = tree.a["path_tokens"][path, :depth]
+        prefix = tree.path_tokens[path, :depth]
         match = (tokens[:, :depth] == prefix).all(1) if depth else np.ones(len(tokens), bool)
         out[node] = np.flatnonzero(match & (lengths > depth) & counted).tolist()
     return out

@@ -45,7 +45,7 @@ class Rollouts:
 def decision_depths(tree: RolloutTree, n_sig: int) -> list[list[int]]:
     """For each path, the depths along it whose node is a decision node."""
     decision = set(tree.decision_nodes(n_sig).tolist())
-    return [[d for d in range(int(tree.a["path_length"][path])) if int(tree.a["path_nodes"][path, d]) in decision]
+    return [[d for d in range(int(tree.path_length[path])) if int(tree.path_nodes[path, d]) in decision]
             for path in range(tree.num_paths)]
 
 
@@ -84,7 +84,7 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
     wants_minillm = "minillm_mc" in names and rollouts is not None and len(teachers) > 0
     through, returns = {}, {}
     if wants_minillm:
-        nodes_at = {int(tree.a["path_nodes"][path, d]): (path, d)
+        nodes_at = {int(tree.path_nodes[path, d]): (path, d)
                     for path, depths in enumerate(depths_per_path) for d in depths}
         through = rollouts_through(tree, nodes_at, rollouts.tokens, rollouts.lengths, rollouts.counted)
         rows_needed = sorted({r for found in through.values() for r in found})
@@ -93,10 +93,10 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
     for path, depths in enumerate(depths_per_path):
         if not depths:
             continue
-        count, length = len(depths), int(tree.a["path_length"][path])
+        count, length = len(depths), int(tree.path_length[path])
         padded = depths + [depths[-1]] * (bucket(count, 8) - count)  # padding rows repeat the last node
-        nodes = tree.a["path_nodes"][path, padded]
-        response = tree.a["path_tokens"][path, :length]
+        nodes = tree.path_nodes[path, padded]
+        response = tree.path_tokens[path, :length]
         widest = tree.node_table(nodes, n_sig).tokens.shape[1]
         table = tree.node_table(nodes, n_sig, columns=bucket(widest, 4))
         ids = np.where(table.seen, table.tokens, 0)
@@ -119,7 +119,7 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
             results = {c: alignments(batch, names, c) for c in conventions}
             for i, d in enumerate(depths):  # the first `count` rows; the rest is padding
                 shared = {
-                    "qid": qid, "path": path, "correct": bool(tree.a["path_correct"][path]),
+                    "qid": qid, "path": path, "correct": bool(tree.path_correct[path]),
                     "depth": d, "norm_depth": d / max(length - 1, 1), "token": int(response[d]),
                     "node": int(nodes[i]), "teacher": teacher.name, "s_u_size": int(table.in_s[i].sum()),
                     "sr_range": float(node["sr_range"][i]), "advantage": float(node["advantage"][i]),

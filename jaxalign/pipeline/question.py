@@ -186,7 +186,7 @@ class QuestionRun:
         """Per depth window: plan, then targeted rollouts batch by batch; in adaptive mode, further
         rounds for pairs whose node's alignment sign is not settled yet."""
         st, ecfg = self.state, self.cfg.enrich
-        windows = depth_windows(int(st.tree.a["path_length"].max()), ecfg.first_window, ecfg.window_growth)
+        windows = depth_windows(int(st.tree.path_length.max()), ecfg.first_window, ecfg.window_growth)
         cands = (skeleton_candidates(st.tree, self.student, self.prompt, self.teachers, ecfg.tau, self.cfg.score_chunk)
                  if self.teachers else None)
         while st.window < len(windows):

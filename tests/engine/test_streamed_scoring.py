@@ -87,12 +87,12 @@ def _host_candidates(tree, student, prompt, teachers, tau):
     """The pre-streaming planner pass: full [M, V] distributions on the host."""
     p_full, q_full, nodes, seen = [], [[] for _ in teachers], [], set()
     for path in range(tree.num_paths):
-        length = int(tree.a["path_length"][path])
-        path_nodes = tree.a["path_nodes"][path, :length]
+        length = int(tree.path_length[path])
+        path_nodes = tree.path_nodes[path, :length]
         fresh = [d for d in range(length) if int(path_nodes[d]) not in seen]
         if not fresh:
             continue
-        response = tree.a["path_tokens"][path, :length]
+        response = tree.path_tokens[path, :length]
         nodes.extend(int(path_nodes[d]) for d in fresh)
         seen.update(nodes[-len(fresh):])
         p_full.append(np.exp(student.next_token_logprobs(prompt, response, np.array(fresh))))
@@ -131,7 +131,7 @@ def test_skeleton_candidates_and_gathers_equal_the_host_path_on_a_flax_model(par
     assert len(want.node) > tree.num_nodes  # several candidates per node: the check is not vacuous
     _assert_same_candidates(skeleton_candidates(tree, student, prompt, teachers, 0.004, chunk=8), want, 1e-4)
 
-    response = tree.a["path_tokens"][0, :40]
+    response = tree.path_tokens[0, :40]
     depths = [0, 7, 8, 9, 39]
     ids = rng.integers(0, 512, size=(len(depths), 4))
     got = _gathers(student, prompt, teachers, response, depths, ids, chunk=2)
