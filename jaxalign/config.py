@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from jaxalign.contexts import FORMATS
+from jaxalign import tasks
 from jaxalign.errors import CheckpointError, ConfigError
+from jaxalign.tasks.source import has_datasets
+from jaxalign.teachers import FORMATS, RULE, TEACHER_KINDS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_KINDS = ("flax", "exact")
-TEACHER_KINDS = ("self", "external", "exact")
-DATASETS = ("toy_arith", "exact")
+EXACT_DATASET = "exact"  # not a task: each question is an ExactPolicy
 DTYPES = ("float32", "bfloat16")
+TASK_OPTIONS = ("terms", "digits", "path", "hub", "config", "split")  # DatasetConf fields passed to get_task
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclasses.dataclass
@@ -33,22 +37,33 @@ class ModelConf:
 
 @dataclasses.dataclass
 class TeacherConf:
+    """One teacher (see :mod:`jaxalign.teachers`). Model fields take what ModelConf.path takes."""
+
     kind: str = "self"  # self | external | exact
-    context: Optional[str] = None  # self: SELF-1C | SELF-1C1W | SELF-SUM-1C
-    summarizer: Optional[str] = None  # self, SUM formats: "rule" (toy)
-    model: Optional[str] = None  # external: a model path like ModelConf.path
+    context: Optional[str] = None  # self: a format of jaxalign.teachers.FORMATS, e.g. SELF-1C
+    source: Optional[str] = None  # self: the model that writes the demonstrations; null: the student
+    summarizer: Optional[str] = None  # self, SUM formats: a model, or "rule" (toy_arith)
+    model: Optional[str] = None  # external: the teacher model
     tilt: float = 0.0  # exact: beta of the success tilt
     noise: float = 0.0  # exact: sigma of success-independent noise
 
 
 @dataclasses.dataclass
 class DatasetConf:
-    name: str = "toy_arith"  # toy_arith | exact
-    num_questions: int = 4
+    """A task of :mod:`jaxalign.tasks` and its options. Options left null are not passed to the task,
+    so each task's own defaults apply (terms/digits belong to toy_arith only)."""
+
+    name: str = "toy_arith"  # a task name (jaxalign.tasks.task_names()) or exact
+    num_questions: int = 4  # with questions_file: at most this many of the listed questions
     seed: int = 0
-    terms: int = 3
-    digits: int = 2
-    system: Optional[str] = None  # a system message for every prompt
+    system: Optional[str] = None  # the system message; null: the task's own (task.system)
+    terms: Optional[int] = None  # toy_arith
+    digits: Optional[int] = None  # toy_arith
+    path: Optional[str] = None  # a local .jsonl / .parquet file with the hub's field names
+    hub: Optional[str] = None  # a Hugging Face dataset id
+    config: Optional[Any] = None  # the hub dataset's config name, or a list of them
+    split: Optional[str] = None
+    questions_file: Optional[str] = None  # a screening's questions.json: run exactly those questions
 
 
 @dataclasses.dataclass
@@ -84,6 +99,13 @@ class ShardConf:
 
 
 @dataclasses.dataclass
+class ScreeningConf:
+    """``python -m jaxalign.screen``: pass rates per context (Appendix E.9)."""
+
+    rollouts: int = 32  # G per question and context, sampled at temperature 1
+
+
+@dataclasses.dataclass
 class RunConf:
     student: ModelConf = dataclasses.field(default_factory=ModelConf)
     # name -> TeacherConf. Typed as Any so that ``+teachers.NAME={kind:external,model:PATH}`` can add a
@@ -93,36 +115,87 @@ class RunConf:
     dataset: DatasetConf = dataclasses.field(default_factory=DatasetConf)
     budget: BudgetConf = dataclasses.field(default_factory=BudgetConf)
     shard: ShardConf = dataclasses.field(default_factory=ShardConf)
+    screening: ScreeningConf = dataclasses.field(default_factory=ScreeningConf)
     seed: int = 0
     demo_temperature: float = 0.7
     demo_trials: int = 60
+    summary_max_tokens: int = 1024  # the longest summary a summarizer model may write
+    context_cache_dir: Optional[str] = None  # demos/ and summaries/ live here; null: in the run directory
+    model_root: Optional[str] = None  # hub ids name directories under it: Qwen/Qwen3-4B -> MODEL_ROOT/Qwen/Qwen3-4B
+    device_memory_gb: Optional[float] = None  # the memory models may fill; null: the device's own (skipped on CPU)
     include_path_rollout: bool = False
     count_ancestors: bool = False
     dry_run: bool = False
     throughput_tokens_per_s: float = 20000.0  # for the dry run's GPU-hour estimate
 
 
-def resolve_model_path(path: str) -> str:
-    """toy:NAME -> the embedded checkpoint directory; anything else unchanged."""
+def register_schema() -> None:
+    """Stores RunConf as the Hydra config node ``run_schema`` (conf/config.yaml's first default)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=RunConf)
+
+
+def is_hub_id(path: str) -> bool:
+    """'owner/name' that is not a local path ('./x/y', '/x/y', '~/x' and existing directories are local)."""
+    return (bool(_HUB_ID.match(path)) and not path.startswith((".", "/", "~"))
+            and not Path(path).expanduser().exists())
+
+
+def resolve_model_path(path: str, model_root: Optional[str] = None) -> str:
+    """Where a model setting points: the one place model names become directories.
+
+    ``toy:NAME`` is an embedded checkpoint; with ``model_root``, a hub id ``owner/name`` is the
+    directory ``model_root/owner/name`` (stand-ins, or a mirror of the hub); anything else is
+    returned unchanged (a local directory, or a hub id to download).
+    """
     if path.startswith("toy:"):
         target = ASSETS / "toy" / path.split(":", 1)[1]
         if not (target / "config.json").is_file():
             raise ConfigError(f"embedded model {path!r} is missing at {target}; reinstall jaxalign or retrain it "
                               "with python -m jaxalign.toy.train")
         return str(target)
+    if model_root is not None and is_hub_id(path):
+        return str(Path(model_root).expanduser() / path)
     return path
 
 
-def _check_local_model_dir(key: str, path: str) -> None:
-    """A local model directory must hold config.json and safetensors: checked before the run directory is claimed."""
-    if path.startswith("toy:") or not Path(path).expanduser().is_dir():
+def _check_model(key: str, path: Optional[str], model_root: Optional[str]) -> None:
+    """A model setting must name an embedded model, a complete local directory or a hub id; checked
+    before the run directory is claimed. With model_root, a hub id's directory must exist."""
+    if not path:
+        raise ConfigError(f"{key}: a model is needed here (a local directory, a hub id or toy:NAME)")
+    local = resolve_model_path(path, model_root)
+    if path.startswith("toy:"):
+        return
+    directory = Path(local).expanduser()
+    if local != path and not directory.is_dir():
+        raise ConfigError(f"{key}: {path!r} maps to {directory} under model_root={model_root}, which does not exist; "
+                          f"write stand-ins there (python -m jaxalign.toy.standins {model_root}) or copy the model")
+    if not directory.is_dir():
+        if not is_hub_id(path):
+            raise ConfigError(f"{key}: {path!r} is neither a directory nor a hub id")
         return
     from jaxalign.models.loading import check_model_dir  # imports jax: only when a local directory is named
 
     try:
-        check_model_dir(Path(path).expanduser())
+        check_model_dir(directory)
     except CheckpointError as err:
         raise ConfigError(f"{key}: {err}") from err
+
+
+def task_options(dataset: DatasetConf) -> dict:
+    """The task options the dataset settings give (nulls left out, so the task's defaults apply)."""
+    return {k: getattr(dataset, k) for k in TASK_OPTIONS if getattr(dataset, k) is not None}
+
+
+def question_count(cfg: "RunConf") -> int:
+    """Questions the run takes: num_questions, or fewer when a questions_file lists fewer."""
+    if cfg.dataset.questions_file is None:
+        return cfg.dataset.num_questions
+    from jaxalign.teachers.screening import read_question_list
+
+    return min(cfg.dataset.num_questions, len(read_question_list(cfg.dataset.questions_file).qids))
 
 
 def check_keys(node, schema=RunConf, where: str = "") -> None:
@@ -139,7 +212,8 @@ def check_keys(node, schema=RunConf, where: str = "") -> None:
             hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{name}: unknown key{hint}")
         value = node[key]
-        nested = {"student": ModelConf, "dataset": DatasetConf, "budget": BudgetConf, "shard": ShardConf}
+        nested = {"student": ModelConf, "dataset": DatasetConf, "budget": BudgetConf, "shard": ShardConf,
+                  "screening": ScreeningConf}
         if where == "" and key in nested and hasattr(value, "keys"):
             check_keys(value, nested[key], name + ".")
         elif where == "" and key == "teachers" and hasattr(value, "keys"):
@@ -174,27 +248,12 @@ def validate(cfg: RunConf) -> None:
 
     check(cfg.student.kind in MODEL_KINDS, "student.kind", f"{cfg.student.kind!r} is not one of {MODEL_KINDS}")
     check(cfg.student.dtype in DTYPES, "student.dtype", f"{cfg.student.dtype!r} is not one of {DTYPES}")
-    check(cfg.dataset.name in DATASETS, "dataset.name", f"{cfg.dataset.name!r} is not one of {DATASETS}")
-    check((cfg.student.kind == "exact") == (cfg.dataset.name == "exact"), "dataset.name",
-          "student=exact goes with dataset=exact (and only with it)")
-    check(cfg.dataset.num_questions >= 1, "dataset.num_questions", "must be >= 1")
+    check(cfg.model_root is None or Path(cfg.model_root).expanduser().is_dir(), "model_root",
+          f"{cfg.model_root} is not a directory; write stand-ins there with python -m jaxalign.toy.standins DIR")
+    _validate_dataset(cfg)
     check(len(cfg.teachers) >= 1, "teachers", "no teachers configured; pick a set, e.g. teachers=toy")
     for name, t in cfg.teachers.items():
-        key = f"teachers.{name}"
-        check(t.kind in TEACHER_KINDS, key + ".kind", f"{t.kind!r} is not one of {TEACHER_KINDS}")
-        check((t.kind == "exact") == (cfg.student.kind == "exact"), key + ".kind",
-              "exact teachers need student=exact, and student=exact needs exact teachers")
-        if t.kind == "self":
-            check(t.context in FORMATS, key + ".context", f"{t.context!r} is not one of {FORMATS}")
-            check(not (t.context or "").startswith("SELF-SUM") or t.summarizer == "rule", key + ".summarizer",
-                  "SELF-SUM formats need a summarizer (only 'rule', for toy_arith, exists yet)")
-        if t.kind == "external":
-            check(bool(t.model), key + ".model", "an external teacher needs a model path")
-            if t.model.startswith("toy:"):
-                resolve_model_path(t.model)
-            elif not Path(t.model).expanduser().is_dir() and "/" not in t.model:
-                raise ConfigError(f"{key}.model: {t.model!r} is neither a directory nor a hub id")
-            _check_local_model_dir(key + ".model", t.model)
+        _validate_teacher(cfg, f"teachers.{name}", t)
     b = cfg.budget
     for field in ("num_initial", "max_response_tokens", "batch_rollouts", "n_min", "n_sig", "first_window",
                   "adaptive_step", "adaptive_max"):
@@ -206,15 +265,73 @@ def validate(cfg: RunConf) -> None:
     check(0 < b.adaptive_share <= 1, "budget.adaptive_share", f"{b.adaptive_share} must lie in (0, 1]")
     check(cfg.demo_temperature > 0, "demo_temperature", "must be > 0")
     check(cfg.demo_trials >= 1, "demo_trials", "must be >= 1")
+    check(cfg.summary_max_tokens >= 1, "summary_max_tokens", "must be >= 1")
+    check(cfg.screening.rollouts >= 1, "screening.rollouts", "must be >= 1")
+    check(cfg.device_memory_gb is None or cfg.device_memory_gb > 0, "device_memory_gb", "must be > 0 (or null)")
     check(cfg.shard.count >= 1, "shard.count", "must be >= 1")
     check(0 <= cfg.shard.index < cfg.shard.count, "shard.index",
           f"{cfg.shard.index} is outside 0..{cfg.shard.count - 1} (shard.count={cfg.shard.count})")
-    check(cfg.shard.count <= cfg.dataset.num_questions, "shard.count",
-          f"{cfg.shard.count} shards for {cfg.dataset.num_questions} questions would leave shards empty")
+    questions = question_count(cfg)
+    check(cfg.shard.count <= questions, "shard.count",
+          f"{cfg.shard.count} shards for {questions} questions would leave shards empty")
     check(cfg.throughput_tokens_per_s > 0, "throughput_tokens_per_s", "must be > 0")
-    if cfg.student.kind == "flax" and cfg.student.path.startswith("toy:"):
-        resolve_model_path(cfg.student.path)
-    if cfg.student.kind == "flax" and not cfg.student.path.startswith("toy:"):
-        check(Path(cfg.student.path).expanduser().is_dir() or "/" in cfg.student.path, "student.path",
-              f"{cfg.student.path!r} is neither a directory nor a hub id")
-        _check_local_model_dir("student.path", cfg.student.path)
+    if cfg.student.kind == "flax":
+        _check_model("student.path", cfg.student.path, cfg.model_root)
+
+
+def _validate_dataset(cfg: RunConf) -> None:
+    d = cfg.dataset
+    valid = (*tasks.task_names(), EXACT_DATASET)
+    if d.name not in valid:
+        raise ConfigError(f"dataset.name: {d.name!r} is not a task; valid: {', '.join(valid)}")
+    if (cfg.student.kind == "exact") != (d.name == EXACT_DATASET):
+        raise ConfigError("dataset.name: student=exact goes with dataset=exact (and only with it)")
+    if d.num_questions < 1:
+        raise ConfigError("dataset.num_questions: must be >= 1")
+    if d.name == EXACT_DATASET:
+        return
+    options = task_options(d)
+    if cfg.dry_run and d.path is None and not has_datasets():
+        # pricing a sweep needs no data: check the option names, not access to the hub
+        unknown = sorted(set(options) - set(tasks.TASKS[d.name].options))
+        if unknown:
+            raise ConfigError(f"dataset: {d.name} has no option {', '.join(map(repr, unknown))}")
+        return
+    try:
+        tasks.check_options(d.name, options)
+    except ConfigError as err:
+        raise ConfigError(f"dataset: {err}") from err
+    if d.questions_file is not None:
+        from jaxalign.teachers.screening import read_question_list
+
+        listed = read_question_list(d.questions_file)
+        if listed.task != d.name:
+            raise ConfigError(f"dataset.questions_file: {d.questions_file} lists {listed.task} questions, but "
+                              f"dataset.name is {d.name}; pass dataset={listed.task} or another file")
+
+
+def _validate_teacher(cfg: RunConf, key: str, t: TeacherConf) -> None:
+    def check(ok: bool, where: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}{where}: {message}")
+
+    check(t.kind in TEACHER_KINDS, ".kind", f"{t.kind!r} is not one of {TEACHER_KINDS}")
+    check((t.kind == "exact") == (cfg.student.kind == "exact"), ".kind",
+          "exact teachers need student=exact, and student=exact needs exact teachers")
+    if t.kind == "self":
+        check(t.context in FORMATS, ".context", f"{t.context!r} is not one of {tuple(FORMATS)}")
+        if FORMATS[t.context].summarized:
+            check(bool(t.summarizer), ".summarizer",
+                  f"{t.context} needs a summarizer: a model (e.g. Qwen/Qwen3-32B) or 'rule' on toy_arith")
+            check(t.summarizer != RULE or cfg.dataset.name == "toy_arith", ".summarizer",
+                  "the 'rule' summarizer reads toy_arith chains only; name a summarizer model, e.g. Qwen/Qwen3-32B")
+            if t.summarizer != RULE:
+                _check_model(key + ".summarizer", t.summarizer, cfg.model_root)
+        if t.source is not None:
+            _check_model(key + ".source", t.source, cfg.model_root)
+    if t.kind != "self":
+        extra = [k for k in ("context", "source", "summarizer") if getattr(t, k) is not None]
+        check(not extra, f".{extra[0] if extra else ''}", f"only kind: self teachers take a context, source or "
+              f"summarizer; this one is kind: {t.kind}")
+    if t.kind == "external":
+        _check_model(key + ".model", t.model, cfg.model_root)

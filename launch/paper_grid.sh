@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The paper's grid: students Qwen3-0.6B and 1.7B x the paper's teachers x BoolQ, MMLU, AIME 2025,
-# at the paper's budget, each run sharded over questions.
+# The paper's grid: students Qwen3-0.6B and 1.7B x the paper's eight teachers (teachers=paper8) x
+# BoolQ, MMLU, AIME 2025, at the paper's budget, each run sharded over questions.
 #
 #   launch/paper_grid.sh --slurm PARTITION [--shards N] [--dry-run] [OVERRIDE...]
 #
 # STUDENTS, TEACHERS and DATASETS (comma lists of conf/ options) narrow or change the grid.
-# Every option must exist under conf/ first: the script names any that does not, before anything
-# is submitted. Start with --dry-run to see rollouts, tokens and GPU-hours per run.
-# The interpreter is chosen by sweep.sh: $PYTHON if set, else the repository's .venv, else python3.
+# An option that is not under conf/ is named before anything is submitted. Start with --dry-run
+# to see rollouts, tokens and GPU-hours per run. OVERRIDEs reach every run, e.g.
+# dataset.num_questions=500, model_root=DIR (local checkpoints), or a screened question list
+# (README, "The paper's experiment"). The interpreter is chosen by sweep.sh: $PYTHON if set, else
+# the repository's .venv, else python3.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 conf="$here/../conf"
@@ -24,8 +26,8 @@ for pair in "student:$STUDENTS" "teachers:$TEACHERS" "dataset:$DATASETS"; do
   done
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "paper_grid.sh: not available yet: ${missing[*]}." >&2
-  echo "  Narrow the grid to what exists, e.g. DATASETS=toy_arith TEACHERS=toy $0 $*" >&2
+  echo "paper_grid.sh: no such option: ${missing[*]}." >&2
+  echo "  Pick options that exist under conf/ (ls conf/student conf/teachers conf/dataset)." >&2
   exit 2
 fi
 

@@ -110,7 +110,24 @@ def test_paper_grid_names_missing_options_before_submitting():
     import subprocess
 
     result = subprocess.run([str(ROOT / "launch" / "paper_grid.sh"), "--slurm", "gpu"], capture_output=True, text=True,
-                            env=dict(os.environ, DATASETS="toy_arith,boolq", PYTHON="false"))
+                            env=dict(os.environ, DATASETS="boolq,gsm8k", TEACHERS="paper9", PYTHON="false"))
     assert result.returncode == 2
-    assert "dataset=boolq (conf/dataset/boolq.yaml)" in result.stderr and "toy_arith (" not in result.stderr
-    assert "teachers=paper8" in result.stderr
+    assert "no such option" in result.stderr and "dataset=gsm8k (conf/dataset/gsm8k.yaml)" in result.stderr
+    assert "teachers=paper9" in result.stderr and "boolq (" not in result.stderr
+
+
+def test_paper_grid_dry_run_lists_the_whole_grid(tmp_path):
+    """2 students x paper8 x 3 datasets, every option present, priced without a cluster or the data."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([str(ROOT / "launch" / "paper_grid.sh"), "--dry-run", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env=dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [line.split(" : ", 1)[1] for line in result.stderr.splitlines() + result.stdout.splitlines()
+            if "[HYDRA] \t#" in line]
+    expected = {f"dry_run=True student={s} teachers=paper8 dataset={d} budget=paper"
+                for s in ("qwen3-0.6b", "qwen3-1.7b") for d in ("boolq", "mmlu", "aime2025")}
+    assert set(runs) == expected, runs
+    assert result.stdout.count('\n "teachers": 8,\n') == 6  # one priced run each (indented JSON)

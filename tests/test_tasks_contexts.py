@@ -122,3 +122,167 @@ def test_grown_teacher_starts_as_the_student(tmp_path):
     tokens = np.arange(20, dtype=np.int32)[None] + 5
     np.testing.assert_allclose(np.asarray(forward(grown, bigger, tokens)), np.asarray(forward(params, cfg, tokens)),
                                atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the teacher registry
+from jaxalign.teachers import (DemoNeed, Excluded, ModelSummarizer, SummaryCache, context_needs,  # noqa: E402
+                               summary_request, teacher_message)
+from jaxalign.teachers.formats import FORMATS, self_3c, self_sum_1c1w  # noqa: E402
+from jaxalign.teachers.prepass import ContextSettings, Contexts, Generator, Stopped  # noqa: E402
+
+
+def test_the_formats_without_a_figure_are_written_out():
+    assert self_sum_1c1w("Q?", "c", "w") == (
+        'Q?\n\nSummarized Demonstrations\n\nBelow are example responses to the question. Some are CORRECT and some '
+        'are WRONG -- the wrong responses contain mistakes and should NOT be imitated.\n\nCorrect:\n\n"""\nc\n"""\n\n'
+        'WRONG (do NOT imitate):\n\n"""\nw\n"""\n\nNow answer with a response of your own, including the thinking '
+        'process:')
+    assert self_3c("Q?", "a", "b", "c") == (
+        'Q?\n\nDemonstrations\nThese are correct responses to the question:\n"""\na\n"""\n\n"""\nb\n"""\n\n"""\nc\n"""'
+        '\n\nNow answer with a response of your own, including the thinking process:')
+    counts = {name: (f.correct, f.wrong, f.summarized) for name, f in FORMATS.items()}
+    assert counts == {"SELF-1C": (1, 0, False), "SELF-1C1W": (1, 1, False), "SELF-SUM-1C": (1, 0, True),
+                      "SELF-SUM-1C1W": (1, 1, True), "SELF-3C": (3, 0, False)}
+
+
+def _conf(context, source=None, summarizer=None, kind="self", model=None):
+    from jaxalign.config import TeacherConf
+
+    return TeacherConf(kind=kind, context=context, source=source, summarizer=summarizer, model=model)
+
+
+PAPER8 = {"SELF-1C": _conf("SELF-1C"), "SELF-1C-32B": _conf("SELF-1C", source="big"),
+          "SELF-SUM-1C": _conf("SELF-SUM-1C", summarizer="big"), "SELF-1C1W": _conf("SELF-1C1W"),
+          "SELF-SUM-1C1W": _conf("SELF-SUM-1C1W", summarizer="big"), "ext": _conf(None, kind="external", model="x")}
+
+
+def test_context_needs_are_the_union_per_source_and_summarizer():
+    needs = context_needs({**PAPER8, "SELF-3C": _conf("SELF-3C")}, "student")
+    assert needs.demos == {"student": DemoNeed(3, 1), "big": DemoNeed(1, 0)}
+    assert needs.summaries == {("student", "big"): True}
+    assert needs.models == ["student", "big"]
+
+
+def test_a_teacher_without_what_its_format_needs_is_excluded_with_the_reason():
+    q = TASK.make([12, 34, 56])
+    one = Demonstrations(("c1",), (), 60)
+    assert teacher_message("A", _conf("SELF-1C1W"), q, one) == Excluded("A: no wrong demonstration from the student "
+                                                                        "in 60 trials")
+    assert teacher_message("B", _conf("SELF-3C"), q, one) == Excluded("B: only 1 of 3 correct demonstrations from the "
+                                                                      "student in 60 trials")
+    assert teacher_message("C", _conf("SELF-1C", source="big"), q, Demonstrations((), ("w",), 60)) == Excluded(
+        "C: no correct demonstration from big in 60 trials")
+    empty = Demonstrations(("",), (), 1)
+    assert teacher_message("D", _conf("SELF-SUM-1C", summarizer="big"), q, one, empty) == Excluded(
+        "D: the summarizer big returned an empty summary")
+    shown = teacher_message("E", _conf("SELF-SUM-1C", summarizer="big"), q, one, Demonstrations(("short",), (), 1))
+    assert '"""\nshort\n"""' in shown and "c1" not in shown
+
+
+class EchoPolicy:
+    """Answers every prompt with a fixed text (char tokens) and records the prompts it saw."""
+
+    eos_token_ids = (2,)
+
+    def __init__(self, tokenizer, reply):
+        self.tok, self.reply, self.prompts = tokenizer, reply, []
+
+    def sample(self, prompt, prefixes, n, max_new_tokens, temperature, key):
+        self.prompts.append(self.tok.decode(prompt))
+        row = self.tok(self.reply, add_special_tokens=False)["input_ids"][:max_new_tokens] + [2]
+        return SampleBatch(np.array([row] * n), np.array([len(row)] * n), np.zeros(n, np.int64))
+
+
+def test_the_model_summarizer_asks_with_the_written_prompt_and_drops_thinking(tmp_path):
+    tok = build_char_tokenizer(tmp_path / "tok")
+    q = TASK.make([10, 20, 30])
+    policy = EchoPolicy(tok, "<think>\nhmm\n</think>\n\n10+20+30=60. Answer: 60")
+    summarizer = ModelSummarizer(policy, lambda u: encode_chat(tok, u, enable_thinking=False), tok.decode,
+                                 max_new_tokens=200)
+    assert summarizer.summarize(q, "a long response", jax.random.key(0)) == "10+20+30=60. Answer: 60"
+    assert summary_request(q, "a long response") in policy.prompts[0]
+    assert "Condense the response to its key reasoning steps and its final answer" in policy.prompts[0]
+    assert policy.prompts[0].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # non-thinking mode
+    cut = ModelSummarizer(EchoPolicy(tok, "<think>\nstill thinking"), lambda u: encode_chat(tok, u), tok.decode,
+                          max_new_tokens=200)
+    assert cut.summarize(q, "x", jax.random.key(0)) == ""  # cut off inside its thinking: no summary
+
+
+def test_caches_answer_a_need_only_when_they_can(tmp_path):
+    cache = DemonstrationCache(tmp_path, "Qwen/Qwen3-32B")
+    assert cache.dir.name == "Qwen_Qwen3-32B"
+    cache.save("q", Demonstrations(("c",), (), 60), DemoNeed(1, 0))
+    assert cache.answers("q", DemoNeed(1, 0), 60) is not None
+    assert cache.answers("q", DemoNeed(3, 0), 60) is None  # looked for 1 only: the 60 trials may hold 3
+    cache.save("q", Demonstrations(("c",), (), 60), DemoNeed(3, 1))
+    assert cache.answers("q", DemoNeed(3, 0), 60).correct == ("c",)  # looked for 3 in all 60: settled
+    assert cache.answers("q", DemoNeed(3, 0), 80) is None  # more trials allowed now
+    summaries = SummaryCache(tmp_path / "s", "big", "student")
+    demos = Demonstrations(("c",), ("w",), 5)
+    summaries.save("q", demos, Demonstrations(("sc",), ("sw",), 5))
+    assert summaries.load("q", demos).correct == ("sc",)
+    assert summaries.load("q", Demonstrations(("other",), ("w",), 5)) is None  # the demonstration changed
+
+
+class FakePool:
+    """Models that answer with a fixed text, recording what was loaded and released."""
+
+    def __init__(self, tok, replies):
+        self.tok, self.replies, self.events = tok, replies, []
+
+    def generator(self, model):
+        self.events.append(("load", model))
+        return Generator(EchoPolicy(self.tok, self.replies[model]), lambda u, thinking: encode_chat(self.tok, u),
+                         self.tok.decode)
+
+    def release(self, model):
+        self.events.append(("release", model))
+
+
+def test_the_prepass_runs_each_model_once_in_order_and_resumes_from_its_caches(tmp_path):
+    tok = build_char_tokenizer(tmp_path / "tok")
+    questions = TASK.questions(2, seed=0)
+    right = {q.qid: TASK.reference_response(q) for q in questions}
+    contexts = Contexts(PAPER8, "student", lambda q, text: TASK.grade(text, q.answer), tmp_path / "cache",
+                        ContextSettings(max_trials=4, batch=2), lambda qid, *path: jax.random.key(len(path)))
+    assert contexts.steps() == [("demos", "student"), ("demos", "big"), ("summaries", "big")]
+    q0 = questions[0]
+    pool = FakePool(tok, {"student": "Answer: 1", "big": right[q0.qid]})
+    contexts.prepare(questions, pool)
+    assert [e for e in pool.events if e[0] == "release"] == [("release", "big")]  # once, after its last step
+    assert pool.events[0] == ("load", "student")
+    messages = contexts.messages(q0)
+    assert isinstance(messages["SELF-1C"], Excluded) and "no correct demonstration from the student" in \
+        messages["SELF-1C"].reason
+    assert right[q0.qid] in messages["SELF-1C-32B"]
+    assert isinstance(messages["SELF-SUM-1C"], Excluded)  # nothing of the student's to summarize
+    assert contexts.available(q0) == {"student": False, "big": True}
+    again = FakePool(tok, {"student": "unused", "big": "unused"})
+    contexts.prepare(questions, again)
+    assert [e for e in again.events if e[0] == "load"] == []  # all cached: nothing loaded
+
+    stopping = Contexts(PAPER8, "student", lambda q, text: TASK.grade(text, q.answer), tmp_path / "other",
+                        ContextSettings(max_trials=2, batch=2), lambda qid, *path: jax.random.key(0))
+    with pytest.raises(Stopped, match="demonstrations of student"):
+        stopping.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}), stop=lambda: True)
+    assert len(list((tmp_path / "other" / "demos" / "student").glob("*.json"))) == 1  # the first one is kept
+
+
+def test_summaries_of_the_students_demonstrations_come_from_the_summarizer(tmp_path):
+    tok = build_char_tokenizer(tmp_path / "tok")
+    q = TASK.questions(1, seed=0)[0]
+    teachers = {"SUM": _conf("SELF-SUM-1C1W", summarizer="big")}
+    contexts = Contexts(teachers, "student", lambda q, text: TASK.grade(text, q.answer), tmp_path,
+                        ContextSettings(max_trials=4, batch=2), lambda qid, *path: jax.random.key(0))
+    scripted = ScriptedPolicy(tok, [TASK.reference_response(q), "Answer: 0"])  # one batch of 2: right, wrong
+
+    class Pool(FakePool):
+        def generator(self, model):
+            self.events.append(("load", model))
+            if model == "student":
+                return Generator(scripted, lambda u, thinking: encode_chat(tok, u), tok.decode)
+            return super().generator(model)
+
+    contexts.prepare([q], Pool(tok, {"big": "Answer: 2"}))
+    message = contexts.messages(q)["SUM"]
+    assert message.count('"""\nAnswer: 2\n"""') == 2  # both demonstrations, as the summarizer wrote them

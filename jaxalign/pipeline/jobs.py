@@ -27,7 +27,6 @@ from jaxalign import config as C
 from jaxalign.enrich import enrich_config
 from jaxalign.errors import JaxalignError
 from jaxalign.exact import ExactPolicy
-from jaxalign.files import write_json
 from jaxalign.pipeline.question import PipelineConfig, Preempted, QuestionRun, Teacher, question_key
 from jaxalign.tasks import Question, Task, get_task
 from jaxalign.teachers import Excluded, check_same_generation_prompt
@@ -54,21 +53,6 @@ class Job:
     make_run: Callable[[Any], QuestionRun]
     prepare: Callable[[list], None] = lambda questions: None
     info: Callable[[], dict] = dict
-
-
-class NotedQuestionRun(QuestionRun):
-    """A QuestionRun whose questions/<qid>.json also holds ``notes`` (e.g. teachers_excluded)."""
-
-    def __init__(self, *args, notes: Optional[dict] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.notes = notes or {}
-
-    def run(self) -> dict:
-        summary = super().run()
-        if any(summary.get(k) != v for k, v in self.notes.items()):
-            summary = {**summary, **self.notes}
-            write_json(self.result_paths()[1], summary)
-        return summary
 
 
 # ----------------------------------------------------------------------------- exact
@@ -166,66 +150,97 @@ def context_cache_root(cfg: C.RunConf, run_dir: Path) -> Path:
     return Path(cfg.context_cache_dir).expanduser() if cfg.context_cache_dir else Path(run_dir)
 
 
-def flax_job(cfg: C.RunConf, run_dir: Path, stop) -> Job:
-    from jaxalign.models import encode_chat
-    from jaxalign.pipeline.models import JobModels
-    from jaxalign.teachers.prepass import Contexts, Stopped
+@dataclasses.dataclass
+class _Setup:
+    """What a flax job and a screening share: the task, the models, the student's prompts, the contexts."""
 
-    task = load_task(cfg)
-    questions = select_questions(task, cfg.dataset)
-    models = JobModels(cfg, model_roles(cfg), cfg.student.path)
-    student_id = cfg.student.path
-    tokenizer, eos = models.tokenizers[student_id], set(models.eos(student_id))
-    system = cfg.dataset.system if cfg.dataset.system is not None else task.system
-    grade = task_grade(task)
-    contexts = Contexts(cfg.teachers, student_id, grade, context_cache_root(cfg, run_dir), context_settings(cfg),
-                        lambda qid, *path: question_key(cfg.seed, qid, *path))
-    pcfg = pipeline_config(cfg)
+    task: Task
+    models: object  # JobModels
+    contexts: object  # teachers.prepass.Contexts
+    system: Optional[str]
+    grade: Callable[[Question, str], bool]
 
-    def encode(user: str) -> np.ndarray:
-        return np.array(encode_chat(tokenizer, user, system=system), np.int32)
+    @property
+    def student_id(self) -> str:
+        return self.contexts.student
 
-    def decode(tokens: Sequence[int]) -> str:
-        return tokenizer.decode([int(t) for t in tokens if int(t) not in eos and int(t) >= 0])
+    @property
+    def tokenizer(self):
+        return self.models.tokenizers[self.student_id]
 
-    def prepare(shard: list) -> None:
+    def encode(self, user: str) -> np.ndarray:
+        """The student's prompt ids for a user message: its chat template, thinking mode."""
+        from jaxalign.models import encode_chat
+
+        return np.array(encode_chat(self.tokenizer, user, system=self.system), np.int32)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        eos = set(self.models.eos(self.student_id))
+        return self.tokenizer.decode([int(t) for t in tokens if int(t) not in eos and int(t) >= 0])
+
+    def prepare(self, questions: Sequence[Question], stop) -> None:
+        from jaxalign.teachers.prepass import Stopped
+
         try:
-            contexts.prepare(shard, _Pool(models, system), stop)
+            self.contexts.prepare(questions, _Pool(self.models, self.system), stop)
         except Stopped as stopped:
             raise Preempted(str(stopped)) from stopped
-        for name, t in cfg.teachers.items():
+
+    def info(self) -> dict:
+        out = {"dataset": {"task": self.task.name, "source": str(getattr(self.task, "source", "generated")),
+                           "rows_skipped": dict(self.task.skipped), "system": self.system},
+               "models": self.models.record()}
+        if self.models.standins:
+            out["standins"] = self.models.standin_note()
+        return out
+
+
+def _setup(cfg: C.RunConf, task: Task, cache_root: Path, teachers: dict, externals: bool) -> _Setup:
+    """Sizes and checks the models (no weights load yet) and sets up the contexts of ``teachers``."""
+    from jaxalign.pipeline.models import JobModels
+    from jaxalign.teachers.prepass import Contexts
+
+    models = JobModels(cfg, model_roles(cfg, externals), cfg.student.path)
+    grade = task_grade(task)
+    contexts = Contexts(teachers, cfg.student.path, grade, cache_root, context_settings(cfg),
+                        lambda qid, *path: question_key(cfg.seed, qid, *path))
+    system = cfg.dataset.system if cfg.dataset.system is not None else task.system
+    return _Setup(task, models, contexts, system, grade)
+
+
+def flax_job(cfg: C.RunConf, run_dir: Path, stop) -> Job:
+    task = load_task(cfg)
+    questions = select_questions(task, cfg.dataset)  # a bad questions_file fails before any model is sized
+    setup = _setup(cfg, task, context_cache_root(cfg, run_dir), cfg.teachers, externals=True)
+    pcfg = pipeline_config(cfg)
+
+    def prepare(shard: list) -> None:
+        setup.prepare(shard, stop)
+        for t in cfg.teachers.values():
             if t.kind == "external":
-                models.policy(t.model)
+                setup.models.policy(t.model)
 
     def make_run(q: Question) -> QuestionRun:
-        student = models.policy(student_id)
-        prompt = encode(q.user)
+        student = setup.models.policy(setup.student_id)
+        prompt = setup.encode(q.user)
         teachers, excluded = [], {}
-        messages = contexts.messages(q)
+        messages = setup.contexts.messages(q)
         for name, t in cfg.teachers.items():
             if t.kind == "external":
-                teachers.append(Teacher(name, models.policy(t.model), prompt))
+                teachers.append(Teacher(name, setup.models.policy(t.model), prompt))
                 continue
             message = messages[name]
             if isinstance(message, Excluded):
                 log.warning("%s: %s; teacher left out of this question", q.qid, message.reason)
                 excluded[name] = message.reason
                 continue
-            teacher_prompt = encode(message)
-            check_same_generation_prompt(prompt, teacher_prompt, tokenizer, name)
+            teacher_prompt = setup.encode(message)
+            check_same_generation_prompt(prompt, teacher_prompt, setup.tokenizer, name)
             teachers.append(Teacher(name, student, teacher_prompt))
-        return NotedQuestionRun(q.qid, student, prompt, teachers, lambda toks: grade(q, decode(toks)), pcfg, run_dir,
-                                stop=stop, notes={"teachers_excluded": excluded})
+        return QuestionRun(q.qid, student, prompt, teachers, lambda toks: setup.grade(q, setup.decode(toks)), pcfg,
+                           run_dir, stop=stop, notes={"teachers_excluded": excluded})
 
-    def info() -> dict:
-        out = {"dataset": {"task": task.name, "source": str(getattr(task, "source", "generated")),
-                           "rows_skipped": dict(task.skipped), "system": system},
-               "models": models.record()}
-        if models.standins:
-            out["standins"] = models.standin_note()
-        return out
-
-    return Job(questions, make_run, prepare, info)
+    return Job(questions, make_run, prepare, setup.info)
 
 
 # ----------------------------------------------------------------------------- screening
@@ -234,37 +249,23 @@ def screen(cfg: C.RunConf, out_dir: Path, stop) -> dict:
     ``num_questions`` questions: one file per question in ``out_dir/questions/`` (a rerun resumes),
     then questions.json, the tables and screening.md. Raises Preempted on a stop request."""
     from jaxalign.files import write_json
-    from jaxalign.models import encode_chat
-    from jaxalign.pipeline.models import JobModels
     from jaxalign.teachers import screening as S
-    from jaxalign.teachers.prepass import Contexts, Stopped, model_hash
+    from jaxalign.teachers.prepass import model_hash
 
     if cfg.student.kind != "flax":
         raise JaxalignError("screening needs a flax student (student=exact has no contexts)")
-    task = load_task(cfg)
-    questions = list(task.questions(cfg.dataset.num_questions, cfg.dataset.seed))
     contexts_conf = {n: t for n, t in cfg.teachers.items() if t.kind == "self"}
-    skipped = sorted(set(cfg.teachers) - set(contexts_conf))
-    if skipped:
-        log.info("screening the self-distillation contexts only; not screened: %s", ", ".join(skipped))
     if not contexts_conf:
         raise JaxalignError("teachers: no self-distillation teacher to screen; pick a set with contexts, e.g. "
                             "teachers=paper_contexts")
-    models = JobModels(cfg, model_roles(cfg, externals=False), cfg.student.path)
-    student_id = cfg.student.path
-    tokenizer, eos = models.tokenizers[student_id], set(models.eos(student_id))
-    system = cfg.dataset.system if cfg.dataset.system is not None else task.system
-    grade = task_grade(task)
-    contexts = Contexts(contexts_conf, student_id, grade, context_cache_root(cfg, out_dir), context_settings(cfg),
-                        lambda qid, *path: question_key(cfg.seed, qid, *path))
-    try:
-        contexts.prepare(questions, _Pool(models, system), stop)
-    except Stopped as stopped:
-        raise Preempted(str(stopped)) from stopped
-    student = models.policy(student_id)
-
-    def encode(user: str) -> np.ndarray:
-        return np.array(encode_chat(tokenizer, user, system=system), np.int32)
+    skipped = sorted(set(cfg.teachers) - set(contexts_conf))
+    if skipped:
+        log.info("screening the self-distillation contexts only; not screened: %s", ", ".join(skipped))
+    task = load_task(cfg)
+    questions = list(task.questions(cfg.dataset.num_questions, cfg.dataset.seed))
+    setup = _setup(cfg, task, context_cache_root(cfg, out_dir), contexts_conf, externals=False)
+    setup.prepare(questions, stop)
+    student = setup.models.policy(setup.student_id)
 
     results = []
     for q in questions:
@@ -273,31 +274,29 @@ def screen(cfg: C.RunConf, out_dir: Path, stop) -> dict:
             results.append(S.QuestionScreen.from_json(json.loads(path.read_text())))
             continue
 
-        def grade_tokens(tokens, q=q) -> bool:
-            return grade(q, tokenizer.decode([int(t) for t in tokens if int(t) not in eos and int(t) >= 0]))
-
-        def rate(user: str, stage: int) -> float:
-            return S.pass_rate(student, encode(user), cfg.screening.rollouts, cfg.budget.max_response_tokens,
-                               question_key(cfg.seed, q.qid, S.SCREEN_STAGE, stage), grade_tokens)
+        def rate(user: str, stage: int, q=q) -> float:
+            return S.pass_rate(student, setup.encode(user), cfg.screening.rollouts, cfg.budget.max_response_tokens,
+                               question_key(cfg.seed, q.qid, S.SCREEN_STAGE, stage),
+                               lambda tokens: setup.grade(q, setup.decode(tokens)))
 
         rates, excluded = {}, {}
-        for name, message in contexts.messages(q).items():
+        for name, message in setup.contexts.messages(q).items():
             if isinstance(message, Excluded):
                 rates[name], excluded[name] = None, message.reason
             else:
-                check_same_generation_prompt(encode(q.user), encode(message), tokenizer, name)
+                check_same_generation_prompt(setup.encode(q.user), setup.encode(message), setup.tokenizer, name)
                 rates[name] = rate(message, model_hash(name))
-        result = S.QuestionScreen(q.qid, rate(q.user, 0), rates, excluded, contexts.available(q))
+        result = S.QuestionScreen(q.qid, rate(q.user, 0), rates, excluded, setup.contexts.available(q))
         write_json(path, result.to_json())
         results.append(result)
         if stop():
             raise Preempted(f"screening stopped after {len(results)} of {len(questions)} questions")
-    notes = [f"student {cfg.student.name} ({student_id}), G = {cfg.screening.rollouts} rollouts per question and "
-             f"context at temperature 1, up to {cfg.budget.max_response_tokens} tokens each"]
-    if models.standins:
-        notes.append("**" + models.standin_note() + "**")
-    return S.write_outputs(out_dir, results, list(contexts_conf), task=task.name, seed=cfg.dataset.seed,
-                           student=student_id, student_name=cfg.student.name, notes=notes)
+    notes = [f"student {cfg.student.name} ({setup.student_id}), G = {cfg.screening.rollouts} rollouts per question "
+             f"and context at temperature 1, up to {cfg.budget.max_response_tokens} tokens each"]
+    if setup.models.standins:
+        notes.append("**" + setup.models.standin_note() + "**")
+    return S.write_outputs(out_dir, results, list(contexts_conf), task=setup.task.name, seed=cfg.dataset.seed,
+                           student=setup.student_id, student_name=cfg.student.name, notes=notes)
 
 
 JOBS: dict[str, Callable[[C.RunConf, Path, Callable[[], bool]], Job]] = {"exact": exact_job, "flax": flax_job}

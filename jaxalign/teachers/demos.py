@@ -1,0 +1,135 @@
+"""Demonstrations: responses sampled from a context-source model, graded, and cached on disk.
+
+The source model answers the plain question (the student's own prompt, rendered with the source's
+tokenizer) at temperature 0.7, ``batch`` samples at a time, until it has the correct and wrong
+responses the teachers need or 60 trials are spent (Appendix E.9). Each response is graded
+against the ground truth. One JSON file per (source model, question) holds them, so a resumed or
+repeated job never samples them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from jaxalign.files import write_json
+from jaxalign.tasks.base import Question
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Demonstrations:
+    """Graded samples for one question: correct and wrong responses (text), and trials spent."""
+
+    correct: tuple[str, ...]
+    wrong: tuple[str, ...]
+    trials: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoNeed:
+    """How many correct and wrong demonstrations a source must try to find for one question."""
+
+    correct: int = 1
+    wrong: int = 0
+
+    def __or__(self, other: "DemoNeed") -> "DemoNeed":
+        return DemoNeed(max(self.correct, other.correct), max(self.wrong, other.wrong))
+
+    def met_by(self, demos: Demonstrations) -> bool:
+        return len(demos.correct) >= self.correct and len(demos.wrong) >= self.wrong
+
+
+def safe_name(text: str) -> str:
+    """A model id or question id as one file-name component ('Qwen/Qwen3-32B' -> 'Qwen_Qwen3-32B')."""
+    return re.sub(r"[^\w.-]", "_", text)
+
+
+class DemonstrationCache:
+    """One JSON file per (source model, question): ``<root>/<source>/<qid>.json``."""
+
+    def __init__(self, root: str | os.PathLike, source: str):
+        self.dir = Path(root) / safe_name(source)
+
+    def path(self, qid: str) -> Path:
+        return self.dir / (safe_name(qid) + ".json")
+
+    def _raw(self, qid: str) -> Optional[dict]:
+        path = self.path(qid)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def load(self, qid: str) -> Optional[Demonstrations]:
+        raw = self._raw(qid)
+        return None if raw is None else Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
+
+    def save(self, qid: str, demos: Demonstrations, need: DemoNeed = DemoNeed()) -> None:
+        # atomic: a crash never leaves half a file
+        write_json(self.path(qid), {**dataclasses.asdict(demos), "need": [need.correct, need.wrong]})
+
+    def answers(self, qid: str, need: DemoNeed, max_trials: int) -> Optional[Demonstrations]:
+        """The cached demonstrations if they answer ``need``: enough of each, or every trial spent
+        while looking for at least as many (sampling again with the same key would find the same)."""
+        raw = self._raw(qid)
+        if raw is None:
+            return None
+        found = Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
+        looked_for = DemoNeed(*raw.get("need", (0, 0)))
+        exhausted = found.trials >= max_trials and (looked_for | need) == looked_for
+        return found if need.met_by(found) or exhausted else None
+
+
+def sample_demonstrations(
+    policy,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[Sequence[int]], str],
+    grade: Callable[[str], bool],
+    question: Question,
+    key: jax.Array,
+    *,
+    need_correct: int = 1,
+    need_wrong: int = 1,
+    temperature: float = 0.7,
+    max_trials: int = 60,
+    batch: int = 20,
+    max_new_tokens: int = 512,
+    cache: Optional[DemonstrationCache] = None,
+) -> Demonstrations:
+    """Samples responses to the plain question until it has enough correct and wrong ones.
+
+    At most ``max_trials`` samples, drawn ``batch`` at a time, with keys folded from ``key``.
+    ``encode`` renders the user message to prompt ids; ``decode`` turns response ids (EOS
+    excluded) into text; ``grade`` checks a response against the ground truth. A cached file
+    that answers the need (:meth:`DemonstrationCache.answers`) is returned as is.
+    """
+    need = DemoNeed(need_correct, need_wrong)
+    if cache is not None and (found := cache.answers(question.qid, need, max_trials)) is not None:
+        return found
+    prompt = np.asarray(encode(question.user), np.int32)
+    correct: list[str] = []
+    wrong: list[str] = []
+    trials = 0
+    while trials < max_trials and (len(correct) < need_correct or len(wrong) < need_wrong):
+        n = min(batch, max_trials - trials)
+        out = policy.sample(prompt, [np.zeros(0, np.int32)], n, max_new_tokens, temperature,
+                            jax.random.fold_in(key, trials))
+        for row, length in zip(out.tokens, out.lengths):
+            tokens = [int(t) for t in row[:length] if int(t) not in policy.eos_token_ids]
+            text = decode(tokens)
+            (correct if grade(text) else wrong).append(text)
+        trials += n
+    demos = Demonstrations(tuple(correct[:max(need_correct, 1)]), tuple(wrong[:max(need_wrong, 1)]), trials)
+    if len(correct) < need_correct:
+        log.warning("%s: %d of %d correct demonstrations in %d trials", question.qid, len(correct), need_correct,
+                    trials)
+    if cache is not None:
+        cache.save(question.qid, demos, need)
+    return demos
