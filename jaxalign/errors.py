@@ -15,3 +15,7 @@ class ConfigError(JaxalignError):
 
 class TokenizerError(JaxalignError):
     """A tokenizer or chat template that does not fit its model or its partner model."""
+
+
+class IncompleteResults(JaxalignError):
+    """A run directory whose result files are missing, damaged or not finished yet."""

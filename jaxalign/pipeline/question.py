@@ -32,6 +32,7 @@ from jaxalign.engine.scoring import DEFAULT_SCORE_CHUNK
 from jaxalign.enrich import Candidates, EnrichConfig, children_to_enrich, depth_windows, plan_window
 from jaxalign.errors import ConfigError
 from jaxalign.files import atomic_write, write_json
+from jaxalign.integrity import QuestionLock, damage, manifest_path, write_manifest
 from jaxalign.pipeline.candidates import skeleton_candidates
 from jaxalign.pipeline.phase2 import Rollouts, score_paths, write_rows
 from jaxalign.pipeline.state import Phase1State, Plan
@@ -94,11 +95,12 @@ def question_key(seed: int, qid: str, *path: int) -> jax.Array:
 
 class QuestionRun:
     """Runs (or resumes) one question. ``grade(response_tokens) -> bool``; ``stop()`` -> bool asks
-    for a clean stop at the next safe point."""
+    for a clean stop at the next safe point; ``notes`` are added to the question's summary (e.g. the
+    teachers excluded for it, and why)."""
 
     def __init__(self, qid: str, student: Policy, prompt: np.ndarray, teachers: Sequence[Teacher],
                  grade: Callable[[np.ndarray], bool], cfg: PipelineConfig, run_dir: str | Path,
-                 stop: Callable[[], bool] = lambda: False, progress=None):
+                 stop: Callable[[], bool] = lambda: False, progress=None, notes: Optional[dict] = None):
         self.qid, self.student, self.prompt = qid, student, np.asarray(prompt)
         self.teachers, self.grade, self.cfg = list(teachers), grade, cfg
         self.run_dir = Path(run_dir)
@@ -107,6 +109,7 @@ class QuestionRun:
         self.step = 0
         self.state = Phase1State.fresh(cfg.num_initial, cfg.max_response_tokens)
         self.timings: dict[str, float] = {}
+        self.notes = dict(notes or {})
 
     @property
     def tree(self) -> Optional[RolloutTree]:
@@ -270,13 +273,31 @@ class QuestionRun:
     # --------------------------------------------------------------------------- entry point
     def result_paths(self) -> tuple[Path, Path, Path]:
         base = self.run_dir / "questions" / _safe(self.qid)
-        return base.with_suffix(".parquet"), base.with_suffix(".json"), base.with_suffix(".tree.npz")
+        return tuple(base.with_name(base.name + suffix) for suffix in (".parquet", ".json", ".tree.npz"))
 
-    def run(self) -> dict:
-        """Runs to completion (resuming if possible); returns the question summary."""
+    def run(self) -> Optional[dict]:
+        """Runs to completion (resuming if possible); returns the question summary.
+
+        Returns None, having done nothing, when another process holds the question's lock. A
+        question counts as finished only when its manifest and files check out
+        (:mod:`jaxalign.integrity`); otherwise it is recomputed, from its checkpoints where they are.
+        """
         parquet, summary_path, tree_path = self.result_paths()
-        if summary_path.is_file():
-            return json.loads(summary_path.read_text())
+        base = self.run_dir / "questions" / _safe(self.qid)
+        lock = QuestionLock(base.with_name(base.name + ".lock"))
+        if not lock.acquire():
+            log.warning("%s: skipped here: another process is working on it (%s is locked)", self.qid, lock.path)
+            return None
+        with lock:
+            problem = damage(base)
+            if problem is None:
+                return json.loads(summary_path.read_text())
+            if any(p.exists() for p in (parquet, summary_path, tree_path, manifest_path(base))):
+                log.warning("%s: %s; recomputing the question (from its checkpoints where they are)", self.qid, problem)
+            return self._compute(base)
+
+    def _compute(self, base: Path) -> dict:
+        parquet, summary_path, tree_path = self.result_paths()
         start = time.time()
         self._restore()
         st = self.state
@@ -292,14 +313,20 @@ class QuestionRun:
             self._stored_rollouts())
         self.timings["total_s"] = round(time.time() - start, 3)
         self.ckpt.close()
+        for stale in (parquet, summary_path, tree_path, manifest_path(base)):
+            stale.unlink(missing_ok=True)  # a damaged set is replaced whole; the manifest comes last
         atomic_write(parquet, lambda p: write_rows(rows, p))
+        written = [parquet, summary_path]
         if st.tree is not None:
             atomic_write(tree_path, lambda p: _write_npz(st.tree.to_pytree(), p))
-        summary = {"qid": self.qid, "skipped": st.skip_reason is not None, "skip_reason": st.skip_reason,
-                   "pass_rate": float(st.init_success.mean()), "budget": st.budget, "rows": len(rows),
-                   "decision_nodes": int(len(st.tree.decision_nodes(self.cfg.enrich.n_sig))) if st.tree else 0,
-                   "timings": self.timings}
+            written.append(tree_path)
+        decision_nodes = int(len(st.tree.decision_nodes(self.cfg.enrich.n_sig))) if st.tree else 0
+        status = "skipped" if st.skip_reason else ("analysed" if decision_nodes else "no decision nodes")
+        summary = {"qid": self.qid, "status": status, "skipped": st.skip_reason is not None,
+                   "skip_reason": st.skip_reason, "pass_rate": float(st.init_success.mean()), "budget": st.budget,
+                   "rows": len(rows), "decision_nodes": decision_nodes, "timings": self.timings, **self.notes}
         write_json(summary_path, summary)
+        write_manifest(base, written)
         return summary
 
 

@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from jaxalign.errors import IncompleteResults
 from jaxalign.files import atomic_write, write_text
 from jaxalign.report.load import Rows, Run, load_runs
 from jaxalign.report.tables import Table
@@ -59,11 +60,27 @@ def _write_parquet(path: Path, columns: dict) -> None:
     atomic_write(path, lambda p: pq.write_table(pa.table(columns), p))
 
 
-def write_report(run_dir: str | Path, *, figures: bool = True, pages: bool = True) -> str:
-    """Rebuilds ``run_dir/report/`` from the run's result files; returns report.md's text."""
+def check_complete(run: Run) -> None:
+    """Raises IncompleteResults naming every question whose files are missing, damaged or unfinished."""
+    if run.damaged:
+        listed = "; ".join(run.damaged.values())
+        raise IncompleteResults(
+            f"{run.root}: {len(run.damaged)} question(s) are not complete: {listed}. Rerun the run's command: "
+            "it recomputes them (from their checkpoints where they are) and rebuilds the report; or pass "
+            "--force to build from the intact questions only")
+
+
+def write_report(run_dir: str | Path, *, figures: bool = True, pages: bool = True, force: bool = False) -> str:
+    """Rebuilds ``run_dir/report/`` from the run's result files; returns report.md's text.
+
+    Refuses (IncompleteResults) when a question's files are missing or do not match their manifest,
+    unless ``force``, which builds from the intact questions and says so at the top of report.md.
+    """
     from jaxalign.report import document, html, plots, tables
 
     run = Run(Path(run_dir), ".")
+    if not force:
+        check_complete(run)
     built = analyse(run)
     out = run.root / "report"
     summary = built.tables["summary"]
@@ -75,16 +92,22 @@ def write_report(run_dir: str | Path, *, figures: bool = True, pages: bool = Tru
     entries = html.write_pages(run, built.rows, out / "html") if pages else []
     text = document.run_markdown(run, built.rows, {k: v for k, v in built.tables.items() if k != "summary"},
                                  drawn, len(entries), len(weights["qid"]))
+    if run.damaged:
+        lines = "\n".join(f"> - {problem}" for problem in run.damaged.values())
+        text = (f"> **Built with --force from incomplete results**: {len(run.damaged)} question(s) left out:\n"
+                f"{lines}\n\n{text}")
     write_text(out / "report.md", text)
     return text
 
 
-def write_sweep_report(root: str | Path, runs: Optional[list[Run]] = None) -> str:
+def write_sweep_report(root: str | Path, runs: Optional[list[Run]] = None, force: bool = False) -> str:
     """Writes ``root/report/``: the runs under ``root`` side by side. Returns its report.md text."""
     from jaxalign.report import document, plots, tables
 
     root = Path(root)
     runs = runs if runs is not None else load_runs(root)
+    for run in runs if not force else []:
+        check_complete(run)
     built = [analyse(run) for run in runs]
     side = tables.sweep_tables([(b.run.name, b.run.config, b.tables) for b in built])
     out = root / "report"

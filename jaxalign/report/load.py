@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from jaxalign.errors import JaxalignError
+from jaxalign.integrity import damage
 
 DEFAULT_CONVENTION = "renormalized"
 ROW_COLUMNS = ("qid", "path", "correct", "depth", "norm_depth", "token", "node", "teacher", "algorithm",
@@ -169,10 +170,23 @@ class Run:
         return {}
 
     @cached_property
+    def damaged(self) -> dict[str, str]:
+        """{question file stem: what is wrong} for every question that started (it has a file or a lock
+        in questions/) but whose manifest and files do not check out (:mod:`jaxalign.integrity`)."""
+        folder = self.root / "questions"
+        stems = {_stem(p.name) for p in folder.glob("*")} if folder.is_dir() else set()
+        found = {stem: damage(folder / stem) for stem in sorted(stems - {None})}
+        return {stem: problem for stem, problem in found.items() if problem is not None}
+
+    def _intact(self, path: Path) -> bool:
+        return _stem(path.name) not in self.damaged
+
+    @cached_property
     def questions(self) -> list[dict]:
-        """Question summaries, sorted by qid; a question whose .json is missing has not finished."""
+        """Summaries of the questions whose files check out, sorted by qid (see :attr:`damaged`)."""
         out = []
-        for path in sorted((self.root / "questions").glob("*.json")):
+        for path in sorted(p for p in (self.root / "questions").glob("*.json")
+                           if self._intact(p)):
             try:
                 out.append(json.loads(path.read_text()))
             except json.JSONDecodeError as err:
@@ -183,13 +197,13 @@ class Run:
     @cached_property
     def rows(self) -> Rows:
         files = [p for p in sorted((self.root / "questions").glob("*.parquet"))
-                 if not p.name.endswith(".children.parquet")]
+                 if not p.name.endswith(".children.parquet") and self._intact(p)]
         return with_convention(read_rows(files, ROW_COLUMNS))
 
     @cached_property
     def children(self) -> Optional[Rows]:
         """Per-child rows (P_theta, P_te, P̂_succ, visits), or None if this run did not write them."""
-        files = sorted((self.root / "questions").glob("*.children.parquet"))
+        files = [p for p in sorted((self.root / "questions").glob("*.children.parquet")) if self._intact(p)]
         return read_rows(files, CHILD_COLUMNS) if files else None
 
     def tree(self, qid: str) -> Optional[dict[str, np.ndarray]]:
@@ -209,6 +223,17 @@ class Run:
         c = self.config
         student, dataset = c.get("student", {}).get("name", "?"), c.get("dataset", {}).get("name", "?")
         return f"student {student}, dataset {dataset}, {len(c.get('teachers', {}))} teachers, seed {c.get('seed', '?')}"
+
+
+_QUESTION_SUFFIXES = (".manifest", ".children.parquet", ".tree.npz", ".parquet", ".json", ".lock")
+
+
+def _stem(name: str) -> Optional[str]:
+    """``q1.tree.npz`` -> ``q1``; None for a file that is not a question's (e.g. a temporary file)."""
+    for suffix in _QUESTION_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
 
 
 def safe_name(name: str) -> str:

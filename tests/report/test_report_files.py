@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -90,6 +91,18 @@ def test_sweep_report_puts_runs_side_by_side(exact_sweep, capsys):
     assert "sweep report of 2 runs" in capsys.readouterr().out
 
 
+def reseal(run_dir):
+    """Writes each question's manifest for the files it has now, as the pipeline does when it finishes."""
+    from jaxalign.integrity import write_manifest
+
+    folder = Path(run_dir) / "questions"
+    for summary in folder.glob("*.json"):
+        stem = summary.name[: -len(".json")]
+        files = [f for f in folder.iterdir() if f.name.startswith(stem + ".") and not f.name.endswith((".manifest", ".lock"))
+                 and f.name[len(stem) + 1:] in ("json", "parquet", "tree.npz", "children.parquet")]
+        write_manifest(folder / stem, files)
+
+
 def _newer_schema_copy(run_dir, tmp_path):
     """A copy of a run as the next pipeline version writes it: a `convention` column with paper rows,
     minillm_mc and a user-registered algorithm, children files, a question skipped and one without
@@ -100,7 +113,10 @@ def _newer_schema_copy(run_dir, tmp_path):
     rng = np.random.default_rng(0)
     for path in sorted((copy / "questions").glob("*.parquet")):
         table = pq.read_table(path)
-        table = table.append_column("convention", pa.array(["renormalized"] * table.num_rows))
+        if "convention" not in table.column_names:
+            table = table.append_column("convention", pa.array(["renormalized"] * table.num_rows))
+        else:
+            table = table.filter(pa.compute.equal(table["convention"], "renormalized"))
         gkd = table.filter(pa.compute.equal(table["algorithm"], "gkd"))
         extra = [gkd.set_column(gkd.schema.get_field_index("algorithm"), "algorithm",
                                 pa.array([name] * gkd.num_rows)) for name in ("minillm_mc", "my-estimator")]
@@ -128,6 +144,7 @@ def _newer_schema_copy(run_dir, tmp_path):
     (copy / "questions" / "exact-99.json").write_text(json.dumps(empty))
     columns = [f.name for f in pq.read_schema(next((copy / "questions").glob("exact-0.parquet")))]
     pq.write_table(pa.table({c: [] for c in columns if c != "convention"}), copy / "questions" / "exact-99.parquet")
+    reseal(copy)
     return copy
 
 
@@ -152,6 +169,7 @@ def test_a_result_file_with_missing_columns_is_named(exact_run, tmp_path):
     shutil.copytree(exact_run / "questions", copy / "questions")
     bad = copy / "questions" / "exact-1.parquet"
     pq.write_table(pq.read_table(bad).drop(["sr_range"]), bad)
+    reseal(copy)  # as if a pipeline had written it so: the report's own check is what is tested
     with pytest.raises(JaxalignError, match=r"exact-1\.parquet: missing columns \['sr_range'\]"):
         Run(copy, ".").rows
 
@@ -181,6 +199,7 @@ def test_a_run_whose_questions_were_all_skipped(tmp_path):
     (run / "questions" / "exact-0.json").write_text(json.dumps({
         "qid": "exact-0", "skipped": True, "skip_reason": "all 200 initial rollouts are correct", "pass_rate": 1.0,
         "budget": {"rollouts": 200, "tokens": 800}, "rows": 0, "decision_nodes": 0, "timings": {"total_s": 2.0}}))
+    reseal(run)
     text = write_report(run)
     assert "| skipped (initial rollouts all of one outcome) | 1 |" in text and "200 rollouts, 800 tokens" in text
     assert "(no data)" in (run / "report" / "tables" / "t1_teacher_ranking.md").read_text()
