@@ -8,6 +8,7 @@ combinations, also before any model is loaded, and names the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import json
 import difflib
 import re
 from pathlib import Path
@@ -160,13 +161,17 @@ def resolve_model_path(path: str, model_root: Optional[str] = None) -> str:
     return path
 
 
-def _check_model(key: str, path: Optional[str], model_root: Optional[str]) -> None:
+def _check_model(key: str, path: Optional[str], model_root: Optional[str],
+                 tokens: Optional[tuple[str, int]] = None) -> None:
     """A model setting must name an embedded model, a complete local directory or a hub id; checked
-    before the run directory is claimed. With model_root, a hub id's directory must exist."""
+    before the run directory is claimed. With model_root, a hub id's directory must exist.
+    ``tokens`` = (setting, value): a token count that must fit the model's max_position_embeddings,
+    read from its config.json when the directory is local (no weights are read)."""
     if not path:
         raise ConfigError(f"{key}: a model is needed here (a local directory, a hub id or toy:NAME)")
     local = resolve_model_path(path, model_root)
     if path.startswith("toy:"):
+        _check_positions(key, Path(local), tokens)
         return
     directory = Path(local).expanduser()
     if local != path and not directory.is_dir():
@@ -182,6 +187,21 @@ def _check_model(key: str, path: Optional[str], model_root: Optional[str]) -> No
         check_model_dir(directory)
     except CheckpointError as err:
         raise ConfigError(f"{key}: {err}") from err
+    _check_positions(key, directory, tokens)
+
+
+def _check_positions(key: str, directory: Path, tokens: Optional[tuple[str, int]]) -> None:
+    """Raises ConfigError when ``tokens`` cannot fit the model's context (its config.json), naming the setting."""
+    if tokens is None or not (directory / "config.json").is_file():
+        return
+    try:
+        limit = int(json.loads((directory / "config.json").read_text()).get("max_position_embeddings", 40960))
+    except (ValueError, TypeError):
+        return  # the loader names a broken config.json, with its own message
+    setting, value = tokens
+    if value >= limit:
+        raise ConfigError(f"{setting}: {value} tokens cannot fit {key}'s context of max_position_embeddings={limit} "
+                          f"(in {directory / 'config.json'}), which must also hold the prompt; lower {setting}")
 
 
 def task_options(dataset: DatasetConf) -> dict:
@@ -276,7 +296,8 @@ def validate(cfg: RunConf) -> None:
           f"{cfg.shard.count} shards for {questions} questions would leave shards empty")
     check(cfg.throughput_tokens_per_s > 0, "throughput_tokens_per_s", "must be > 0")
     if cfg.student.kind == "flax":
-        _check_model("student.path", cfg.student.path, cfg.model_root)
+        _check_model("student.path", cfg.student.path, cfg.model_root,
+                     ("budget.max_response_tokens", cfg.budget.max_response_tokens))
 
 
 def _validate_dataset(cfg: RunConf) -> None:
@@ -326,7 +347,7 @@ def _validate_teacher(cfg: RunConf, key: str, t: TeacherConf) -> None:
             check(t.summarizer != RULE or cfg.dataset.name == "toy_arith", ".summarizer",
                   "the 'rule' summarizer reads toy_arith chains only; name a summarizer model, e.g. Qwen/Qwen3-32B")
             if t.summarizer != RULE:
-                _check_model(key + ".summarizer", t.summarizer, cfg.model_root)
+                _check_model(key + ".summarizer", t.summarizer, cfg.model_root, ("summary_max_tokens", cfg.summary_max_tokens))
         if t.source is not None:
             _check_model(key + ".source", t.source, cfg.model_root)
     if t.kind != "self":
@@ -334,4 +355,5 @@ def _validate_teacher(cfg: RunConf, key: str, t: TeacherConf) -> None:
         check(not extra, f".{extra[0] if extra else ''}", f"only kind: self teachers take a context, source or "
               f"summarizer; this one is kind: {t.kind}")
     if t.kind == "external":
-        _check_model(key + ".model", t.model, cfg.model_root)
+        _check_model(key + ".model", t.model, cfg.model_root,
+                     ("budget.max_response_tokens", cfg.budget.max_response_tokens))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from tqdm import tqdm
 from jaxalign import config as C
 from jaxalign import rundir
 from jaxalign.enrich import depth_windows
-from jaxalign.errors import ConfigError
+from jaxalign.errors import (CheckpointError, ConfigError, IncompleteResults, JaxalignError,
+                             TokenizerError)
 from jaxalign.pipeline import Preempted
 from jaxalign.pipeline.jobs import build_job, pipeline_config  # noqa: F401  (pipeline_config: public here too)
 from jaxalign.preemption import StopRequest
@@ -111,9 +113,37 @@ def execute(dcfg: DictConfig, run_dir: Path) -> dict:
 def main(dcfg: DictConfig) -> None:
     try:
         execute(dcfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as err:
-        log.error("configuration error: %s", err)
-        raise SystemExit(2) from err
+    except (JaxalignError, OSError) as err:
+        raise SystemExit(exit_for(err)) from err
+
+
+def exit_for(err: BaseException) -> int:
+    """Logs ``err`` as one line (a traceback too with HYDRA_FULL_ERROR=1 or JAXALIGN_DEBUG=1) and returns
+    its documented exit code (README, "Exit codes")."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("JAXALIGN_DEBUG") == "1":
+        log.exception("the run stopped")
+    for kind, (code, label) in EXIT_CODES.items():
+        if isinstance(err, kind):
+            if isinstance(err, OSError):
+                where = f"{err.filename}: " if err.filename else ""
+                log.error("%s: %s%s. Check the free space and the permissions of the run directory (or pass "
+                          "hydra.run.dir=ANOTHER_DIR), then rerun the same command: it resumes", label, where,
+                          err.strerror or err)
+            else:
+                log.error("%s: %s", label, err)
+            return code
+    raise err
+
+
+# every kind of error a run can stop with, its exit code, and how it is labelled (most specific first)
+EXIT_CODES = {
+    ConfigError: (2, "configuration error"),
+    TokenizerError: (3, "tokenizer error"),
+    CheckpointError: (4, "model checkpoint error"),
+    IncompleteResults: (5, "incomplete results"),
+    JaxalignError: (6, "input error"),
+    OSError: (7, "file system error"),
+}
 
 
 if __name__ == "__main__":

@@ -49,7 +49,12 @@ def claim(run_dir: Path, resolved: dict) -> None:
     mine = result_config(resolved)
     path = run_dir / "config.json"
     if path.is_file():
-        theirs = json.loads(path.read_text())
+        try:
+            theirs = json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path} is damaged ({err}); it pins the directory to its config. If you know this "
+                              "directory's results came from this command, delete config.json (the next run "
+                              "rewrites it); otherwise pass hydra.run.dir=NEW_DIR") from err
         if theirs != mine:
             a, b = _flatten(theirs), _flatten(mine)
             keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

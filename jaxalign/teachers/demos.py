@@ -10,7 +10,6 @@ repeated job never samples them again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from jaxalign.files import write_json
+from jaxalign.files import read_cache_entry, write_json
 from jaxalign.tasks.base import Question
 
 log = logging.getLogger(__name__)
@@ -64,8 +63,7 @@ class DemonstrationCache:
         return self.dir / (safe_name(qid) + ".json")
 
     def _raw(self, qid: str) -> Optional[dict]:
-        path = self.path(qid)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_cache_entry(self.path(qid), ("correct", "wrong", "trials"))
 
     def load(self, qid: str) -> Optional[Demonstrations]:
         raw = self._raw(qid)

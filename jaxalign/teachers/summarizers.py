@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from jaxalign.errors import ConfigError
-from jaxalign.files import write_json
+from jaxalign.files import read_cache_entry, write_json
 from jaxalign.tasks.answers import final_text
 from jaxalign.tasks.base import Question
 from jaxalign.teachers.demos import Demonstrations, safe_name
@@ -108,11 +108,8 @@ class SummaryCache:
 
     def load(self, qid: str, of: Demonstrations) -> Optional[Demonstrations]:
         """The cached summaries of exactly these demonstrations, or None."""
-        path = self.path(qid)
-        if not path.is_file():
-            return None
-        raw = json.loads(path.read_text())
-        if raw["of"] != _digest(of):
+        raw = read_cache_entry(self.path(qid), ("of", "correct", "wrong"))
+        if raw is None or raw["of"] != _digest(of):
             return None
         return Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), of.trials)
 
