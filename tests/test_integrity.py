@@ -56,7 +56,7 @@ def _inject(path: Path, fault: str) -> None:
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("suffix", [".parquet", ".json", ".tree.npz", ".manifest"])
+@pytest.mark.parametrize("suffix", [".parquet", ".json", ".tree.npz", ".children.parquet", ".manifest"])
 def test_a_damaged_result_file_is_named_by_the_report_and_restored_by_a_rerun(finished, tmp_path, suffix, fault):
     want = _results(finished)
     run_dir = tmp_path / "run"

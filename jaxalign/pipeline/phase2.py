@@ -32,6 +32,12 @@ ROW_SCHEMA = {
     "js": "float64", "l2": "float64", "cos_pq": "float64", "visits": "int64",
 }
 
+# questions/<qid>.children.parquet: one row per (path, decision node, teacher, child seen)
+CHILD_SCHEMA = {
+    "qid": "string", "path": "int64", "node": "int64", "depth": "int64", "teacher": "string", "token": "int64",
+    "p": "float64", "q": "float64", "s": "float64", "visits": "int64", "successes": "int64", "in_s": "bool",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Rollouts:
@@ -71,8 +77,12 @@ def _gathers(student, prompt, teachers: Sequence, response: np.ndarray, depths: 
 
 def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teachers: Sequence, n_sig: int,
                 pass_rate: float, chunk: int, algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
-                conventions: Sequence[str] = CONVENTIONS, rollouts: Optional[Rollouts] = None) -> list[dict]:
+                conventions: Sequence[str] = CONVENTIONS, rollouts: Optional[Rollouts] = None,
+                children: Optional[list] = None) -> list[dict]:
     """One row per (path, decision node, teacher, convention, algorithm), columns of :data:`ROW_SCHEMA`.
+
+    ``children``, when given a list, receives one row per (path, decision node, teacher, child seen)
+    with the columns of :data:`CHILD_SCHEMA` (P_θ, P_te, P̂_succ, counts): the per-token view's data.
 
     teachers: objects with ``.name``, ``.policy`` and ``.prompt``; pass_rate: the question's R̄
     (Dr. GRPO's group mean). ``rollouts`` (the stored initial rollouts) enables ``minillm_mc``.
@@ -116,6 +126,14 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
                               js=cmp["js"], l2=cmp["l2"], cos_pq=cmp["cos"],
                               return_sum=None if return_sum is None else return_sum[t], rollout_visits=visits)
             node = node_alignment(cmp["p_at"], cmp["q_at"], table.s, table.in_s)  # advantage, SR range
+            if children is not None:
+                for i, d in enumerate(depths):
+                    for c in np.flatnonzero(table.seen[i]):
+                        children.append({
+                            "qid": qid, "path": path, "node": int(nodes[i]), "depth": d, "teacher": teacher.name,
+                            "token": int(table.tokens[i, c]), "p": float(cmp["p_at"][i, c]),
+                            "q": float(cmp["q_at"][i, c]), "s": float(table.s[i, c]), "visits": int(table.visits[i, c]),
+                            "successes": int(table.successes[i, c]), "in_s": bool(table.in_s[i, c])})
             results = {c: alignments(batch, names, c) for c in conventions}
             for i, d in enumerate(depths):  # the first `count` rows; the rest is padding
                 shared = {
@@ -135,10 +153,10 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
     return [{c: row[c] for c in ROW_SCHEMA} for row in rows]
 
 
-def write_rows(rows: list[dict], path: Path) -> None:
-    """Writes rows as Parquet with exactly the columns and types of :data:`ROW_SCHEMA`."""
+def write_rows(rows: list[dict], path: Path, schema: dict = ROW_SCHEMA) -> None:
+    """Writes rows as Parquet with exactly the columns and types of ``schema`` (:data:`ROW_SCHEMA`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(name, pa.bool_() if kind == "bool" else getattr(pa, kind)()) for name, kind in ROW_SCHEMA.items()])
-    pq.write_table(pa.table({c: [r[c] for r in rows] for c in ROW_SCHEMA}, schema=schema), path)
+    arrow = pa.schema([(name, pa.bool_() if kind == "bool" else getattr(pa, kind)()) for name, kind in schema.items()])
+    pq.write_table(pa.table({c: [r[c] for r in rows] for c in schema}, schema=arrow), path)

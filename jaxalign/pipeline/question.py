@@ -34,7 +34,7 @@ from jaxalign.errors import ConfigError
 from jaxalign.files import atomic_write, write_json
 from jaxalign.integrity import QuestionLock, damage, manifest_path, write_manifest
 from jaxalign.pipeline.candidates import skeleton_candidates
-from jaxalign.pipeline.phase2 import Rollouts, score_paths, write_rows
+from jaxalign.pipeline.phase2 import CHILD_SCHEMA, Rollouts, score_paths, write_rows
 from jaxalign.pipeline.state import Phase1State, Plan
 from jaxalign.policy import Policy
 from jaxalign.tree import RolloutTree
@@ -271,9 +271,11 @@ class QuestionRun:
             self.progress.update(n)
 
     # --------------------------------------------------------------------------- entry point
-    def result_paths(self) -> tuple[Path, Path, Path]:
+    def result_paths(self) -> tuple[Path, Path, Path, Path]:
+        """questions/<qid>.parquet, .json, .tree.npz and .children.parquet."""
         base = self.run_dir / "questions" / _safe(self.qid)
-        return tuple(base.with_name(base.name + suffix) for suffix in (".parquet", ".json", ".tree.npz"))
+        return tuple(base.with_name(base.name + suffix)
+                     for suffix in (".parquet", ".json", ".tree.npz", ".children.parquet"))
 
     def run(self) -> Optional[dict]:
         """Runs to completion (resuming if possible); returns the question summary.
@@ -282,7 +284,7 @@ class QuestionRun:
         question counts as finished only when its manifest and files check out
         (:mod:`jaxalign.integrity`); otherwise it is recomputed, from its checkpoints where they are.
         """
-        parquet, summary_path, tree_path = self.result_paths()
+        parquet, summary_path, tree_path, children_path = self.result_paths()
         base = self.run_dir / "questions" / _safe(self.qid)
         lock = QuestionLock(base.with_name(base.name + ".lock"))
         if not lock.acquire():
@@ -292,12 +294,12 @@ class QuestionRun:
             problem = damage(base)
             if problem is None:
                 return json.loads(summary_path.read_text())
-            if any(p.exists() for p in (parquet, summary_path, tree_path, manifest_path(base))):
+            if any(p.exists() for p in (parquet, summary_path, tree_path, children_path, manifest_path(base))):
                 log.warning("%s: %s; recomputing the question (from its checkpoints where they are)", self.qid, problem)
             return self._compute(base)
 
     def _compute(self, base: Path) -> dict:
-        parquet, summary_path, tree_path = self.result_paths()
+        parquet, summary_path, tree_path, children_path = self.result_paths()
         start = time.time()
         self._restore()
         st = self.state
@@ -307,16 +309,20 @@ class QuestionRun:
         if st.stage == "enrich":
             self._enrich()
         self.timings["phase1_s"] = round(time.time() - start, 3)
+        children: list[dict] = []
         rows = [] if st.skip_reason else score_paths(
             self.qid, st.tree, self.student, self.prompt, self.teachers, self.cfg.enrich.n_sig,
             float(st.init_success.mean()), self.cfg.score_chunk, self.cfg.algorithms, self.cfg.conventions,
-            self._stored_rollouts())
+            self._stored_rollouts(), children)
         self.timings["total_s"] = round(time.time() - start, 3)
         self.ckpt.close()
-        for stale in (parquet, summary_path, tree_path, manifest_path(base)):
+        for stale in (parquet, summary_path, tree_path, children_path, manifest_path(base)):
             stale.unlink(missing_ok=True)  # a damaged set is replaced whole; the manifest comes last
         atomic_write(parquet, lambda p: write_rows(rows, p))
         written = [parquet, summary_path]
+        if children:
+            atomic_write(children_path, lambda p: write_rows(children, p, CHILD_SCHEMA))
+            written.append(children_path)
         if st.tree is not None:
             atomic_write(tree_path, lambda p: _write_npz(st.tree.to_pytree(), p))
             written.append(tree_path)
