@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from jaxalign import config as C
 from jaxalign import rundir
-from jaxalign.enrich import depth_windows
 from jaxalign.errors import (CheckpointError, ConfigError, IncompleteResults, JaxalignError,
                              TokenizerError)
+from jaxalign.files import write_json
 from jaxalign.pipeline import Preempted
 from jaxalign.pipeline.jobs import build_job, pipeline_config  # noqa: F401  (pipeline_config: public here too)
 from jaxalign.preemption import StopRequest
@@ -34,17 +34,11 @@ C.register_schema()
 
 
 def dry_run(cfg: C.RunConf) -> dict:
-    """Rollouts, tokens and GPU-hours before launching: questions x (G + windows x pairs x N_min)."""
-    b = cfg.budget
-    windows = len(depth_windows(b.max_response_tokens, b.first_window, b.window_growth))
-    per_question = b.num_initial + windows * (b.top_k + b.top_r) * b.n_min
-    questions = C.question_count(cfg)
-    rollouts = questions * per_question
-    tokens = rollouts * b.max_response_tokens / 2  # a targeted rollout starts mid-response on average
-    hours = tokens / cfg.throughput_tokens_per_s / 3600
-    return {"questions": questions, "windows": windows, "rollouts_per_question": per_question,
-            "rollouts": rollouts, "tokens": tokens, "gpu_hours": hours,
-            "teachers": len(cfg.teachers), "throughput_tokens_per_s": cfg.throughput_tokens_per_s}
+    """The forecast before launching (jaxalign.cost): rollouts, tokens, Phase 1/2 device-hours, memory
+    per model and GPUs per job, from throughputs measured on the device (measured now where missing)."""
+    from jaxalign import cost
+
+    return cost.dry_run(cfg, cfg.calibration_file, cfg.calibration_device)
 
 
 def versions() -> dict:
@@ -57,15 +51,33 @@ def versions() -> dict:
     return out
 
 
+def use_compile_cache(directory: str | None) -> None:
+    """Switches on XLA's persistent compilation cache in ``directory`` (None: leaves it off).
+
+    Most of a short run's wall time is compiling new shape buckets; a second run (another seed, a
+    resumed job, the next shard on the same machine) reads them from disk instead.
+    """
+    if directory:
+        path = Path(directory).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def execute(dcfg: DictConfig, run_dir: Path) -> dict:
     cfg = C.from_omegaconf(dcfg)
     C.validate(cfg)
+    use_compile_cache(cfg.compile_cache_dir)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
     if cfg.dry_run:
-        cost = dry_run(cfg)
-        log.info("dry run: %s", json.dumps(cost))
-        print(json.dumps(cost, indent=1))
-        return cost
+        from jaxalign.cost import FORECAST_FILE
+
+        forecast = dry_run(cfg)
+        write_json(run_dir / FORECAST_FILE, forecast)  # a sweep's total: python -m jaxalign.cost SWEEP_DIR
+        log.info("dry run: %s", json.dumps(forecast))
+        print(json.dumps(forecast, indent=1))
+        return forecast
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.claim(run_dir, resolved)
     start = time.time()

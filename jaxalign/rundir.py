@@ -23,7 +23,9 @@ from jaxalign.files import write_json
 from jaxalign.report import write_report
 
 log = logging.getLogger(__name__)
-NOT_RESULT_KEYS = ("shard", "dry_run", "throughput_tokens_per_s")
+# settings that do not shape results: where things are cached or found, how the job is split or sized
+NOT_RESULT_KEYS = ("shard", "dry_run", "calibration_file", "calibration_device", "compile_cache_dir", "model_root",
+                   "context_cache_dir", "device_memory_gb")
 
 
 def result_config(resolved: dict) -> dict:

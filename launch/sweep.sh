@@ -8,7 +8,8 @@
 #               (neither: one job after another in this process)
 #   --shards N  split every run's questions over N jobs (SLURM array task i takes shard i of N)
 #   --dir DIR   the sweep directory (default multirun/config); rerunning the same command resumes
-#   --dry-run   print each run's rollouts, tokens and GPU-hours, launch nothing
+#   --dry-run   print each run's forecast (rollouts, tokens, GPU-hours, memory, GPUs per job) and the
+#               sweep's total in GPU-days as one JSON line last; launch nothing
 #   OVERRIDE    Hydra overrides; comma lists sweep, e.g. student=qwen3-0.6b,qwen3-1.7b seed=0,1
 #
 # Extra launcher settings pass through as overrides, e.g. hydra.launcher.timeout_min=600
@@ -54,7 +55,9 @@ else
 fi
 
 if [ "$dry" = 1 ]; then
-  exec "$PYTHON" -m jaxalign.run -m "hydra.sweep.dir=$dir/dry-run" dry_run=true "$@"
+  # each run writes its forecast.json; the sweep's total (GPU-days, one JSON line last) adds them up
+  "$PYTHON" -m jaxalign.run -m "hydra.sweep.dir=$dir/dry-run" dry_run=true "$@"
+  exec "$PYTHON" -m jaxalign.cost "$dir/dry-run"
 fi
 sharding=()
 [ "$shards" -gt 1 ] && sharding=("shard.count=$shards" "shard.index=range($shards)")

@@ -131,3 +131,5 @@ def test_paper_grid_dry_run_lists_the_whole_grid(tmp_path):
                 for s in ("qwen3-0.6b", "qwen3-1.7b") for d in ("boolq", "mmlu", "aime2025")}
     assert set(runs) == expected, runs
     assert result.stdout.count('\n "teachers": 8,\n') == 6  # one priced run each (indented JSON)
+    total = json.loads(result.stdout.strip().splitlines()[-1])  # the grid's total, one JSON line last
+    assert total["gpu_days"] > 0 and total["device"] and total["rollouts_per_question"] > 0

@@ -60,7 +60,8 @@ def test_sweep_uses_the_repository_venv_when_python3_lacks_jaxalign(repo):
     venv = _interpreter(repo["root"] / ".venv" / "bin" / "python", repo["log"], has_jaxalign=True)
     result = _sweep(repo, "--dry-run", "--", "seed=3")
     assert result.returncode == 0, result.stderr
-    assert _launched(repo, venv) == ["-m jaxalign.run -m hydra.sweep.dir=multirun/config/dry-run dry_run=true seed=3"]
+    assert _launched(repo, venv) == ["-m jaxalign.run -m hydra.sweep.dir=multirun/config/dry-run dry_run=true seed=3",
+                                     "-m jaxalign.cost multirun/config/dry-run"]
     assert _launched(repo, repo["path_python3"]) == []
 
 
@@ -69,7 +70,8 @@ def test_paper_grid_goes_through_the_same_choice(repo):
     result = _sweep(repo, "--dry-run", script="paper_grid.sh", STUDENTS="toy", TEACHERS="toy", DATASETS="toy_arith")
     assert result.returncode == 0, result.stderr
     assert _launched(repo, venv) == ["-m jaxalign.run -m hydra.sweep.dir=multirun/config/dry-run dry_run=true "
-                                     "student=toy teachers=toy dataset=toy_arith budget=paper"]
+                                     "student=toy teachers=toy dataset=toy_arith budget=paper",
+                                     "-m jaxalign.cost multirun/config/dry-run"]
 
 
 def test_python_variable_wins_over_the_venv(repo, tmp_path):
@@ -77,7 +79,7 @@ def test_python_variable_wins_over_the_venv(repo, tmp_path):
     chosen = _interpreter(tmp_path / "env" / "bin" / "python", repo["log"], has_jaxalign=True)
     result = _sweep(repo, "--dry-run", "--", "seed=3", PYTHON=str(chosen))
     assert result.returncode == 0, result.stderr
-    assert len(_launched(repo, chosen)) == 1
+    assert len(_launched(repo, chosen)) == 2  # the sweep, then its total
     assert all(c.startswith(f"{chosen} ") for c in _calls(repo)), _calls(repo)
 
 
@@ -85,7 +87,8 @@ def test_python3_from_path_is_used_when_it_has_jaxalign_and_there_is_no_venv(rep
     python3 = _interpreter(repo["path_python3"], repo["log"], has_jaxalign=True)  # e.g. an activated venv
     result = _sweep(repo, "--dry-run", "--", "seed=3")
     assert result.returncode == 0, result.stderr
-    assert _launched(repo, python3) == ["-m jaxalign.run -m hydra.sweep.dir=multirun/config/dry-run dry_run=true seed=3"]
+    assert _launched(repo, python3) == ["-m jaxalign.run -m hydra.sweep.dir=multirun/config/dry-run dry_run=true seed=3",
+                                        "-m jaxalign.cost multirun/config/dry-run"]
 
 
 def test_no_python_with_jaxalign_fails_before_launching_and_says_how_to_fix_it(repo):

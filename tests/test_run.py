@@ -94,14 +94,19 @@ def test_every_planner_knob_of_the_budget_reaches_the_pipeline():
     assert len(shared) == 11 and all(getattr(enrich, name) == getattr(budget, name) for name in shared)
 
 
-def test_dry_run_prices_the_budget(capsys):
-    cost = execute(composed("dry_run=true", "budget=paper", "dataset.num_questions=10"), Path("/unused"))
-    windows = 7  # 4096 tokens: 50, 100, 200, ..., 3200 wide
+def test_dry_run_prices_the_budget(capsys, tmp_path):
+    """The forecast counts the planner's rollouts and prices them with the device's calibration
+    (tests/test_cost.py checks it against a measured run)."""
+    cost = execute(composed("dry_run=true", "budget=small", "dataset.num_questions=10"), tmp_path)
+    windows = 2  # 64 tokens: 50, then the remaining 14
     assert cost["windows"] == windows
-    assert cost["rollouts_per_question"] == 200 + windows * 16 * 100
+    assert cost["rollouts_per_question"] == 64 + windows * (4 + 4) * 40
     assert cost["rollouts"] == 10 * cost["rollouts_per_question"]
-    assert cost["gpu_hours"] == pytest.approx(cost["tokens"] / 20000 / 3600)
+    assert cost["gpu_hours"] == pytest.approx(cost["phase1_gpu_hours"] + cost["phase2_gpu_hours"]
+                                              + cost["compile_gpu_hours"])
+    assert cost["device"] == "cpu" and "gpus_per_job" in cost["memory"] and cost["memory"]["models"]
     assert json.loads(capsys.readouterr().out)["rollouts"] == cost["rollouts"]
+    assert json.loads((tmp_path / "forecast.json").read_text()) == cost
     assert dry_run(as_run(composed("budget=smoke")))["rollouts"] < cost["rollouts"]
 
 

@@ -1,0 +1,576 @@
+"""The dry run's cost model: what a run will cost, before it runs.
+
+:func:`forecast` walks one question through the pipeline as it is built, with the same batching
+(``batch_rollouts`` per plan batch, the sampler's chunks of at most ``max_rows`` rows, power-of-two
+buckets, static caches), and lists every device call it will make:
+
+  Phase 1  initial   G rollouts from the prompt (decode steps + one prefix prefill per sampler call)
+           planner   every model's pass over the 4 paths: prefill + projection of every position
+           targeted  per depth window, (top_k + top_r) pairs x N_min rollouts from prefix + token
+                     (adaptive: the measured adaptive/fixed ratio of docs/benchmarks.md)
+  Phase 2  scoring   every model's pass over the 4 paths (the student's shared by all teachers)
+           MiniLLM   every model's pass over each counted initial rollout (teacher reward-to-go)
+
+Each call is priced by the device calibration (:mod:`jaxalign.calibrate`), never a typed
+throughput: ``seconds = overhead + roofline / efficiency`` with the kernel's measured efficiency.
+The same calls priced with another device's roofline give the projections (A100, H100): the
+engine is assumed to reach the same fraction of the roofline there as in the probes, overheads
+included.
+Jit compilation is priced too (each distinct shape once per job), and so are the models' memory
+(weights from config.json, the decode KV cache at the run's lengths) and the GPUs a job needs.
+
+The trace lengths come from the paper where it gives them (:data:`TRACES`) and are stated in
+the output. Not priced: the context pre-pass (demonstrations, summaries), host work (grading,
+tree updates, checkpoints), and data loading. docs/cost.md explains the model and its checks.
+
+``python -m jaxalign.cost DIR ...`` adds up the ``forecast.json`` files of a sweep's dry runs and
+prints the total as its last line: ``{"gpu_days": ..., "device": ..., "rollouts_per_question": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from jaxalign import calibrate as cal
+from jaxalign.calibrate import Shape
+from jaxalign.engine.scoring import DEFAULT_PREFILL_CHUNK, DEFAULT_SCORE_CHUNK as SCORE_CHUNK_POSITIONS
+from jaxalign.enrich import depth_windows
+from jaxalign.errors import ConfigError, JaxalignError
+from jaxalign.pipeline.models import STANDIN_MARKER, WEIGHT_SHARE
+from jaxalign.pipeline.question import PipelineConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FORECAST_FILE = "forecast.json"
+PATHS = PipelineConfig().paths_correct + PipelineConfig().paths_incorrect  # 2 correct + 2 incorrect
+PROJECT_ONTO = ("A100", "H100")
+
+# The adaptive budget's rollouts relative to the fixed N_min budget at the same alignment error:
+# 0.49 at mean error 0.05 (bench/enrich_budget.py, docs/benchmarks.md "Enrichment budget", measured
+# on ExactPolicy with 8 questions; fixed N_min = 100 has error 0.050 there).
+ADAPTIVE_RATIO = 0.49
+
+# Prompt and mean response tokens of each task for the paper's students in thinking mode, and
+# where the figure comes from. The longest response of a sampler batch (it sets the decode steps)
+# is taken as LONGEST_OVER_MEAN x the mean, capped by max_response_tokens.
+TRACES = {
+    "boolq": (250, 200, "paper Section 2.5: traces of ~200 tokens on BoolQ; prompt: passage + question"),
+    "mmlu": (150, 1000, "assumed: the paper calls MMLU chains medium-length (BoolQ ~200, AIME 5K-30K)"),
+    "aime2025": (150, 15000, "paper Section 4.4: AIME traces of 5K-30K tokens"),
+    "toy_arith": (36, 51, "the toy chat prompt and reference chain at terms=3, digits=2 (+ EOS), in tokens"),
+}
+LONGEST_OVER_MEAN = 3.0
+
+# config.json fields of the Qwen3 checkpoints on the hub, used only when no config.json is on disk
+# (no model_root, nothing in the Hugging Face cache): a dry run prices the paper's grid anywhere.
+PUBLISHED = {  # hidden, intermediate, layers, heads, tied
+    "Qwen/Qwen3-0.6B": (1024, 3072, 28, 16, True),
+    "Qwen/Qwen3-1.7B": (2048, 6144, 28, 16, True),
+    "Qwen/Qwen3-4B": (2560, 9728, 36, 32, True),
+    "Qwen/Qwen3-8B": (4096, 12288, 36, 32, False),
+    "Qwen/Qwen3-14B": (5120, 17408, 40, 40, False),
+    "Qwen/Qwen3-32B": (5120, 25600, 64, 64, False),
+}
+
+
+# ----------------------------------------------------------------------------- the run's models
+@dataclasses.dataclass(frozen=True)
+class ModelUse:
+    """A model a run computes with: its id, shape (at the run's dtype) and where the shape came from."""
+
+    id: str
+    shape: Shape
+    source: str
+    standin: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherUse:
+    """A teacher: its model, and the demonstrations its prompt carries (a self teacher's context)."""
+
+    name: str
+    model: ModelUse
+    demonstrations: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunModels:
+    student: ModelUse
+    teachers: tuple[TeacherUse, ...]
+
+    def externals(self) -> list[ModelUse]:
+        """The teachers' own models (self teachers use the student's), each once."""
+        seen, out = {self.student.id}, []
+        for t in self.teachers:
+            if t.model.id not in seen:
+                seen.add(t.model.id)
+                out.append(t.model)
+        return out
+
+    def distinct(self) -> list[ModelUse]:
+        return [self.student, *self.externals()]
+
+    def needs(self) -> dict[Shape, set[str]]:
+        """{shape: kernels to calibrate}: the student samples and is scored, teachers are scored."""
+        out: dict[Shape, set[str]] = {self.student.shape: set(cal.STUDENT_KINDS)}
+        for m in self.externals():
+            out.setdefault(m.shape, set()).update(cal.TEACHER_KINDS)
+        return out
+
+
+def compose(overrides: Sequence[str]):
+    """The RunConf of ``python -m jaxalign.run OVERRIDES dry_run=true``, validated as a dry run is
+    (the dataset's options are checked, its rows are not needed)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from jaxalign import config as C
+
+    C.register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = C.from_omegaconf(hydra_compose(config_name="config", overrides=[*overrides, "dry_run=true"]))
+    C.validate(cfg)
+    return cfg
+
+
+def model_shape(model_id: str, dtype: str, model_root: Optional[str] = None) -> ModelUse:
+    """A model's shape from its config.json: a local directory (or model_root/ID), the Hugging Face
+    cache, or, for a Qwen3 hub id with neither, the published config (:data:`PUBLISHED`)."""
+    from jaxalign import config as C
+    from jaxalign.models.config import load_config
+
+    local = Path(C.resolve_model_path(model_id, model_root)).expanduser()
+    if (local / "config.json").is_file():
+        return ModelUse(model_id, Shape.of(load_config(local), dtype), f"{local}/config.json",
+                        (local / STANDIN_MARKER).is_file())
+    if C.is_hub_id(model_id):
+        cached = _hub_cached_config(model_id)
+        if cached is not None:
+            return ModelUse(model_id, Shape.of(load_config(cached.parent), dtype), str(cached))
+        if model_id in PUBLISHED:
+            d, f, layers, heads, tied = PUBLISHED[model_id]
+            shape = Shape(151936, d, f, layers, heads, 8, 128, tied, dtype)
+            return ModelUse(model_id, shape, "published config.json (not on disk)")
+    raise ConfigError(f"{model_id}: no config.json to price it by (looked in {local} and the Hugging Face cache); "
+                      f"download it (huggingface-cli download {model_id} config.json) or set model_root")
+
+
+def _hub_cached_config(model_id: str) -> Optional[Path]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(model_id, "config.json")
+    return Path(found) if isinstance(found, str) else None
+
+
+def run_models(cfg) -> RunModels:
+    """The student and the teachers of a validated flax RunConf, with shapes from config.json."""
+    from jaxalign.teachers import FORMATS
+
+    dtype = cfg.student.dtype
+    student = model_shape(cfg.student.path, dtype, cfg.model_root)
+    teachers = []
+    for name, t in cfg.teachers.items():
+        if t.kind == "external":
+            teachers.append(TeacherUse(name, model_shape(t.model, dtype, cfg.model_root), 0))
+        else:  # self: the student's weights; its prompt carries the context's demonstrations
+            fmt = FORMATS[t.context]
+            teachers.append(TeacherUse(name, student, fmt.correct + fmt.wrong))
+    return RunModels(student, tuple(teachers))
+
+
+# ----------------------------------------------------------------------------- trace lengths
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+    """Tokens of the prompt, of a mean response, and of the longest response of a sampler batch."""
+
+    prompt: int
+    response: int
+    longest: int
+    source: str
+
+
+def trace_lengths(cfg, response_tokens: Optional[int] = None) -> Lengths:
+    """The run's assumed lengths: :data:`TRACES` for its task, capped by max_response_tokens.
+
+    ``response_tokens`` overrides the mean response. A task not listed is assumed to fill half of
+    max_response_tokens (and said so).
+    """
+    cap = cfg.budget.max_response_tokens
+    prompt, mean, source = TRACES.get(cfg.dataset.name, (200, cap // 2, "not known for this task: half of "
+                                                          "budget.max_response_tokens assumed"))
+    if response_tokens is not None:
+        mean, source = int(response_tokens), "given"
+    mean = max(1, min(mean, cap))
+    return Lengths(prompt, mean, max(mean, min(cap, int(LONGEST_OVER_MEAN * mean))), source)
+
+
+# ----------------------------------------------------------------------------- the calls of one question
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """``count`` identical device calls (decode: steps) of one kernel for one model.
+
+    kind: decode (size = rows, slots, prefixes, prefix_slots), sample_call, prefill (tokens, slots, chunk),
+    project (positions,). ``overhead=False`` prices the roofline part only (a prefill inside a
+    sampler call, whose fixed cost is the call's).
+    """
+
+    phase: str
+    kind: str
+    model: ModelUse
+    count: float
+    size: tuple = ()
+    overhead: bool = True
+
+    def roofline_work(self, s: Shape) -> tuple[float, float]:
+        """(FLOPs, bytes) of one call for ``s``: the model's shape, or the dtype it was probed in."""
+        if self.kind == "decode":
+            return cal.decode_step_work(s, *self.size)
+        if self.kind == "prefill":
+            return cal.prefill_work(s, *self.size)
+        if self.kind == "project":
+            return cal.project_work(s, *self.size)
+        return 0.0, 0.0
+
+    def seconds(self, calibration: cal.Calibration, device: Optional[cal.Device] = None) -> float:
+        """Seconds of all ``count`` calls on the calibrated device (its fitted kernel model), or with
+        ``device``, projected onto that device's roofline at the calibration's roofline fraction
+        (a sampler call's fixed cost is then left out: its work is in its steps and prefill)."""
+        s = self.model.shape
+        kernel = calibration.kernel(s, "decode" if self.kind == "sample_call" else self.kind)
+        if device is not None:
+            if self.kind == "sample_call":
+                return 0.0
+            return self.count * kernel.projected_seconds(device.roofline(self.roofline_work(s), s.dtype))
+        if self.kind == "sample_call":
+            return self.count * kernel.call_s
+        probed = calibration.probed(s)
+        roof = calibration.device.roofline(self.roofline_work(probed), probed.dtype)
+        layers = 0 if self.kind == "project" else s.layers
+        each = kernel.seconds(roof, layers) if self.overhead else roof / kernel.efficiency
+        return self.count * each
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerCall:
+    """One ``_sample_forked`` call: its compiled shape and the decode steps it runs."""
+
+    prefixes: int
+    per_prefix: int
+    prefix_slots: int
+    new_slots: int
+    steps: int
+    valid: int = 0  # rows that carry a rollout (the rest is bucket padding)
+    mean_steps: float = 0.0  # the mean length of those rollouts
+
+    @property
+    def rows(self) -> int:
+        return self.prefixes * self.per_prefix
+
+
+def sampler_max_rows() -> int:
+    """The pipeline's sampler batch limit: FlaxPolicy's max_rows default."""
+    from jaxalign.engine.policy import FlaxPolicy
+
+    return int(inspect.signature(FlaxPolicy).parameters["max_rows"].default)
+
+
+def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest: int, max_rows: int,
+                  mean: Optional[float] = None) -> list[SamplerCall]:
+    """The calls of one ``sample(prefixes, counts, max_new_tokens=limit)``, split as the engine splits
+    them (:func:`jaxalign.engine.sampling._chunks`). Each runs until its longest row ends:
+    ``min(limit, longest)`` steps; its rollouts are ``mean`` tokens long on average."""
+    from jaxalign.engine.sampling import _chunks, bucket
+
+    out = []
+    steps = max(1, min(limit, longest))
+    for chunk in _chunks(list(counts), max_rows):
+        out.append(SamplerCall(bucket(len(chunk)), bucket(max(c for _, _, c in chunk)), bucket(prefix_tokens, 16),
+                               bucket(limit, 8), steps, sum(c for _, _, c in chunk),
+                               min(float(steps), mean if mean is not None else float(steps))))
+    return out
+
+
+def _plan_batches(counts: Sequence[int], batch_rollouts: int) -> list[list[int]]:
+    """Pairs packed into batches of at most batch_rollouts rollouts, whole pairs (QuestionRun._run_plan)."""
+    batches, current, total = [], [], 0
+    for c in counts:
+        if current and total + c > batch_rollouts:
+            batches.append(current)
+            current, total = [], 0
+        current.append(c)
+        total += c
+    return batches + ([current] if current else [])
+
+
+DECODE_CACHES = ("static", "filled", "compacted")
+
+
+def _sampling_work(phase: str, student: ModelUse, calls: Iterable[SamplerCall], decode_cache: str) -> list[Work]:
+    """Each call's fixed cost, its prefixes' prefill and its decode steps. ``decode_cache``:
+
+    static     the engine as built: all rows (padding included) step until the longest ends, and
+               every step reads each row's whole static cache
+    filled     what-if: the same steps, reading only the slots written so far (half the steps, on average)
+    compacted  what-if: filled, and a row stops costing when it ends (padding and finished rows
+               dropped), so the rows alive average valid x mean / steps
+    """
+    work = []
+    for c in calls:
+        rows, read = c.rows, c.new_slots
+        if decode_cache != "static":
+            read = min(c.new_slots, -(-c.steps // 2))
+        if decode_cache == "compacted":
+            rows, read = max(1, round(c.valid * c.mean_steps / c.steps)), max(1, round(c.mean_steps / 2))
+        work.append(Work(phase, "sample_call", student, 1))
+        work.append(Work(phase, "prefill", student, 1, (c.prefixes * c.prefix_slots, c.prefix_slots, c.prefix_slots),
+                         overhead=False))
+        work.append(Work(phase, "decode", student, c.steps, (rows, read, c.prefixes, c.prefix_slots)))
+    return work
+
+
+def _forward_work(phase: str, model: ModelUse, tokens: int, positions: int, count: float,
+                  prefill_chunk: int) -> list[Work]:
+    """``count`` scoring passes: a chunked prefill of ``tokens`` and the projection of ``positions``."""
+    chunk, slots = cal.prefill_layout(tokens, prefill_chunk)
+    chunks = -(-positions // SCORE_CHUNK_POSITIONS)
+    return [Work(phase, "prefill", model, count, (tokens, slots, chunk)),
+            Work(phase, "project", model, count * chunks, (SCORE_CHUNK_POSITIONS,))]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuestionPlan:
+    """One question's rollouts, generated tokens, sampler calls and device work."""
+
+    windows: int
+    initial_rollouts: int
+    targeted_rollouts: float
+    tokens: float
+    calls: tuple[SamplerCall, ...]
+    work: tuple[Work, ...]
+
+
+def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[int] = None,
+                  decode_cache: str = "static") -> QuestionPlan:
+    """The device work of one (not skipped) question under ``cfg``'s budget (``decode_cache``: see
+    :func:`_sampling_work`)."""
+    if decode_cache not in DECODE_CACHES:
+        raise ConfigError(f"decode_cache={decode_cache!r}: choose one of {DECODE_CACHES}")
+    b, student = cfg.budget, models.student
+    max_rows = max_rows or sampler_max_rows()
+    cap, m, longest, prompt = b.max_response_tokens, lengths.response, lengths.longest, lengths.prompt
+    work: list[Work] = []
+    calls: list[SamplerCall] = []
+
+    # Phase 1, initial rollouts: batches of batch_rollouts from the prompt alone
+    tokens = float(b.num_initial * m)
+    for first in range(0, b.num_initial, b.batch_rollouts):
+        calls += sampler_calls([min(b.batch_rollouts, b.num_initial - first)], prompt, cap, longest, max_rows, m)
+
+    # Phase 1, the planner's pass: every model over the 4 paths (a self teacher with its context)
+    scored = [(student, prompt)] + [(t.model, prompt + t.demonstrations * m) for t in models.teachers]
+    for model, model_prompt in scored:
+        work += _forward_work("phase1", model, model_prompt + m, m, PATHS, DEFAULT_PREFILL_CHUNK)
+
+    # Phase 1, targeted rollouts: (top_k + top_r) pairs per window, N_min each (adaptive: the ratio)
+    windows = depth_windows(m, b.first_window, b.window_growth)
+    pairs = b.top_k + b.top_r
+    per_pair = ADAPTIVE_RATIO * b.n_min if b.adaptive else float(b.n_min)
+    step = min(b.adaptive_step, b.n_min) if b.adaptive else b.n_min
+    targeted = 0.0
+    for lo, hi in windows:
+        depth = (lo + min(hi, m)) // 2  # the pairs' mean depth: a token in the middle of the window
+        rounds = pairs * per_pair / step  # pair-rounds of `step` rollouts each
+        counts = [step] * int(math.ceil(rounds))
+        for batch in _plan_batches(counts, b.batch_rollouts):
+            calls += sampler_calls(batch, prompt + depth + 1, max(1, cap - depth - 1), max(1, longest - depth - 1),
+                                   max_rows, max(1, m - depth - 1))
+        targeted += pairs * per_pair
+        tokens += pairs * per_pair * max(1, m - depth - 1)
+    work += _sampling_work("phase1", student, calls, decode_cache)
+
+    # Phase 2: every model over the 4 paths; MiniLLM: every model over each counted initial rollout
+    for model, model_prompt in scored:
+        work += _forward_work("phase2", model, model_prompt + m, m, PATHS, DEFAULT_PREFILL_CHUNK)
+    if "minillm_mc" in PipelineConfig().algorithms and models.teachers:
+        counted = b.num_initial - (0 if cfg.include_path_rollout else PATHS)
+        for model, model_prompt in scored:
+            work += _forward_work("phase2", model, model_prompt + m, m, counted, DEFAULT_PREFILL_CHUNK)
+    return QuestionPlan(len(windows), b.num_initial, targeted, tokens, tuple(calls), tuple(work))
+
+
+# ----------------------------------------------------------------------------- compilation and memory
+def compile_work(plan: QuestionPlan, models: RunModels, lengths: Lengths) -> list[tuple[str, ModelUse, int]]:
+    """(kernel, model, distinct shapes) compiled by one job: sampler shapes of the plan, and the
+    prefill/projection sizes of every scored length between a quarter response and the longest."""
+    sample = {(c.prefixes, c.per_prefix, c.prefix_slots, c.new_slots) for c in plan.calls}
+    out = [("decode", models.student, len(sample))]
+    prompts: dict[str, tuple[ModelUse, set]] = {}
+    for model, extra in [(models.student, 0)] + [(t.model, t.demonstrations) for t in models.teachers]:
+        prompts.setdefault(model.id, (model, set()))[1].add(lengths.prompt + extra * lengths.response)
+    for model, model_prompts in prompts.values():
+        sizes = {cal.prefill_layout(p + n, DEFAULT_PREFILL_CHUNK)
+                 for p in model_prompts for n in range(max(1, lengths.response // 4), lengths.longest + 1)}
+        out += [("prefill", model, len(sizes)), ("project", model, len({slots for _, slots in sizes}))]
+    return out
+
+
+def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes: Optional[float]) -> dict:
+    """Bytes per model (weights + its largest KV cache at the run's lengths), the job's peak, GPUs per job."""
+    widest = max(plan.calls, key=lambda c: c.rows * (c.new_slots + c.prefix_slots))
+    rows = []
+    for model in models.distinct():
+        s = model.shape
+        longest_prompt = max([lengths.prompt] + [lengths.prompt + t.demonstrations * lengths.response
+                                                 for t in models.teachers if t.model.id == model.id])
+        _, slots = cal.prefill_layout(longest_prompt + lengths.longest, DEFAULT_PREFILL_CHUNK)
+        scoring = slots * (s.kv_bytes_per_slot + s.hidden * s.itemsize) + 4 * SCORE_CHUNK_POSITIONS * s.vocab * 4
+        kv = scoring
+        if model is models.student:
+            decode = (widest.rows * widest.new_slots + widest.prefixes * widest.prefix_slots) * s.kv_bytes_per_slot
+            kv = max(scoring, decode + 3 * widest.rows * s.vocab * 4)
+        rows.append({"id": model.id, "weights_gb": s.weight_bytes / 1e9, "kv_cache_gb": kv / 1e9,
+                     "shape": s.key, "source": model.source})
+    peak = sum(r["weights_gb"] for r in rows) + max(r["kv_cache_gb"] for r in rows)
+    out = {"models": rows, "peak_gb": peak,
+           "decode_cache": {"rows": widest.rows, "new_slots": widest.new_slots, "prefixes": widest.prefixes,
+                            "prefix_slots": widest.prefix_slots}}
+    out["device_gb"] = None if device_bytes is None else device_bytes / 1e9
+    usable = None if device_bytes is None else WEIGHT_SHARE * device_bytes
+    out["gpus_per_job"] = None if usable is None else max(1, math.ceil(peak * 1e9 / usable))
+    return out
+
+
+# ----------------------------------------------------------------------------- the forecast
+def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] = None,
+             response_tokens: Optional[int] = None, decode_cache: str = "static") -> dict:
+    """Rollouts, tokens, Phase 1 / Phase 2 / compile GPU-hours, memory and GPUs per job of a validated
+    RunConf, priced by ``calibration`` (its device), with A100 and H100 projections.
+
+    ``response_tokens`` replaces the task's assumed mean response; ``decode_cache`` other than
+    'static' prices a decode that is not built (a what-if, said in the output; :func:`_sampling_work`)."""
+    from jaxalign import config as C
+
+    b = cfg.budget
+    questions = C.question_count(cfg)
+    base = {"questions": questions, "teachers": len(cfg.teachers), "shards": cfg.shard.count,
+            "budget": {"name": b.name, "adaptive": b.adaptive,
+                       **({"adaptive_ratio": ADAPTIVE_RATIO} if b.adaptive else {})}}
+    if cfg.student.kind == "exact":
+        windows = len(depth_windows(b.max_response_tokens, b.first_window, b.window_growth))
+        per_question = b.num_initial + windows * (b.top_k + b.top_r) * b.n_min
+        return {**base, "device": None, "windows": windows, "rollouts_per_question": per_question,
+                "rollouts": questions * per_question, "tokens": None, "gpu_hours": 0.0, "gpu_days": 0.0,
+                "note": "ExactPolicy computes on the host: rollouts counted, no device time priced"}
+    models = models or run_models(cfg)
+    lengths = trace_lengths(cfg, response_tokens)
+    plan = question_plan(cfg, models, lengths, decode_cache=decode_cache)
+    compiled = compile_work(plan, models, lengths)
+
+    def hours(device: Optional[cal.Device]) -> dict:
+        phase = {"phase1": 0.0, "phase2": 0.0}
+        for w in plan.work:
+            phase[w.phase] += w.seconds(calibration, device)
+        compile_s = sum(n * calibration.kernel(m.shape, kind).compile_seconds(
+            0 if kind == "project" else m.shape.layers) for kind, m, n in compiled)
+        out = {"phase1_gpu_hours": questions * phase["phase1"] / 3600,
+               "phase2_gpu_hours": questions * phase["phase2"] / 3600,
+               "compile_gpu_hours": cfg.shard.count * compile_s / 3600}
+        out["gpu_hours"] = sum(out.values())
+        out["gpu_days"] = out["gpu_hours"] / 24
+        out["per_question_s"] = {"phase1": phase["phase1"], "phase2": phase["phase2"]}
+        return out
+
+    device = calibration.device
+    own_memory = cfg.device_memory_gb * 1e9 if cfg.device_memory_gb else device.memory
+    projections = {}
+    for name in PROJECT_ONTO:
+        target = cal.SPECS[name]
+        projections[name] = {**hours(target), "device": target.kind,
+                             "gpus_per_job": memory(plan, models, lengths, target.memory)["gpus_per_job"]}
+    per_question = plan.initial_rollouts + plan.targeted_rollouts
+    return {
+        **base, "device": device.kind, "peaks": device.peaks, "calibration": str(calibration.path),
+        "calibrated_now": list(calibration.measured_now),
+        "student": models.student.id, "models": [m.id for m in models.distinct()],
+        "standins": [m.id for m in models.distinct() if m.standin],
+        "trace_tokens": dataclasses.asdict(lengths), "decode_cache": decode_cache, "windows": plan.windows,
+        "rollouts_per_question": per_question, "targeted_rollouts_per_question": plan.targeted_rollouts,
+        "tokens_per_question": plan.tokens, "rollouts": questions * per_question, "tokens": questions * plan.tokens,
+        **hours(None),
+        "compiled_shapes": {f"{kind} {m.id}": n for kind, m, n in compiled},
+        "memory": memory(plan, models, lengths, own_memory),
+        "projections": projections,
+        "not_priced": "the context pre-pass (demonstrations, summaries) and host work (grading, tree, checkpoints)",
+    }
+
+
+def dry_run(cfg, calibration_file: Optional[str] = None, device: Optional[str] = None,
+            response_tokens: Optional[int] = None) -> dict:
+    """The dry run of a validated RunConf: its models' shapes, their calibration on this device (measured
+    now, once, where the file lacks it), and :func:`forecast`."""
+    if cfg.student.kind == "exact":
+        return forecast(cfg, None)
+    models = run_models(cfg)
+    calibration = cal.ensure(models.needs(), cal.calibration_path(calibration_file), device)
+    return forecast(cfg, calibration, models=models, response_tokens=response_tokens)
+
+
+# ----------------------------------------------------------------------------- a sweep's total
+def read_forecasts(paths: Iterable[Path]) -> list[tuple[Path, dict]]:
+    """Every forecast.json under the given directories (or the given files), sorted by path."""
+    found = []
+    for p in map(Path, paths):
+        files = [p] if p.is_file() else sorted(p.rglob(FORECAST_FILE))
+        found += [(f, json.loads(f.read_text())) for f in files]
+    return found
+
+
+def total(forecasts: Sequence[tuple[Path, dict]]) -> dict:
+    """The sweep's GPU-days (and the A100 projection), rollouts per question, and its device."""
+    if not forecasts:
+        raise JaxalignError("no forecast.json found; run the sweep's dry run first (launch/sweep.sh --dry-run ...)")
+    devices = sorted({f["device"] for _, f in forecasts if f.get("device")})
+    if len(devices) > 1:
+        raise JaxalignError(f"the forecasts were priced on different devices ({', '.join(devices)}); "
+                            "calibrate once on one device and rerun the dry run with it")
+    questions = sum(f["questions"] for _, f in forecasts)
+    per_question = [f["rollouts_per_question"] for _, f in forecasts]
+    out = {"gpu_days": sum(f["gpu_days"] for _, f in forecasts), "device": devices[0] if devices else None,
+           "rollouts_per_question": sum(f["rollouts"] for _, f in forecasts) / max(questions, 1),
+           "rollouts_per_question_range": [min(per_question), max(per_question)], "runs": len(forecasts),
+           "questions": questions}
+    for name in PROJECT_ONTO:
+        out[f"{name.lower()}_days"] = sum(f.get("projections", {}).get(name, {}).get("gpu_days", 0.0)
+                                          for _, f in forecasts)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m jaxalign.cost",
+                                 description="Adds up a sweep's dry-run forecasts (forecast.json files).")
+    ap.add_argument("dirs", nargs="+", help="sweep directories (searched for forecast.json) or forecast files")
+    args = ap.parse_args(argv)
+    forecasts = read_forecasts(args.dirs)
+    summary = total(forecasts)
+    for path, f in forecasts:
+        a100 = f.get("projections", {}).get("A100", {}).get("gpu_days", 0.0)
+        print(f"{str(path.parent.name):<60} {f['questions']:>5} q  {f['rollouts_per_question']:>9,.0f} rollouts/q  "
+              f"{f['gpu_days']:>9.2f} {f.get('device')}-days  {a100:>8.2f} A100-days (projected)")
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except JaxalignError as err:
+        print(f"cost: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
