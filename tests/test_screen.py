@@ -133,6 +133,12 @@ def test_toy_screening_end_to_end_and_the_run_takes_its_questions(tmp_path):
                           "dataset.num_questions=1", f"context_cache_dir={out}"), tmp_path / "run")
     ran = [q["qid"] for q in question_summaries(tmp_path / "run")]
     assert record["totals"]["questions"] == 1 and ran == [listed.qids[0]]
+    # the run's report carries the screening's Tables 7-9
+    from jaxalign.report import write_report
+
+    report = write_report(tmp_path / "run", figures=False, pages=False)
+    assert "Screening · Table 7" in report and "Screening · Table 9" in report
+    assert (tmp_path / "run" / "report" / "tables" / "t8_screening.csv").is_file()
 
 
 def test_standin_screening_has_the_papers_columns(tmp_path):

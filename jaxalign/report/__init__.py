@@ -43,7 +43,7 @@ def analyse(run: Run) -> RunReport:
     from jaxalign.report import tables
 
     rows = tables.prepare(run.rows)
-    built = tables.run_tables(rows, run.questions, run.root)
+    built = tables.run_tables(rows, run.questions, run.root, run.config)
     return RunReport(run, rows, {t.name: t for t in [tables.summary_table(rows), *built]})
 
 

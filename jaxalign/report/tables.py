@@ -676,31 +676,44 @@ def token_weights(rows: Rows) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------- screening
-def screening_tables(root) -> list[Table]:
-    """Hook for the paper's Tables 7-9 from a screening run in ``root/screening/``.
-
-    The screening output format is not defined yet: without the folder this returns nothing; with
-    it, one table lists its files and says that the tables await the format.
-    """
+def screening_dir(root, config: dict):
+    """The screening run behind a run: the folder of its ``dataset.questions_file`` (what
+    ``python -m jaxalign.screen`` wrote), else ``root/screening/``; None when there is none."""
     from pathlib import Path
 
-    folder = Path(root) / SCREENING_DIR
-    if not folder.is_dir():
+    listed = (config.get("dataset") or {}).get("questions_file")
+    for folder in ([Path(listed).expanduser().parent] if listed else []) + [Path(root) / SCREENING_DIR]:
+        if (folder / "tables").is_dir():
+            return folder
+    return None
+
+
+def screening_tables(root, config: Optional[dict] = None) -> list[Table]:
+    """The paper's Tables 7-9 of the screening that chose this run's questions (see :func:`screening_dir`),
+    read back from the CSV files the screening wrote."""
+    import csv
+
+    folder = screening_dir(root, config or {})
+    if folder is None:
         return []
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    return [Table("t7_9_screening", "Tables 7-9 · screening", [Column("file", "file in screening/")],
-                  [{"file": f} for f in files],
-                  ["A screening/ folder was found, but its format is not defined yet, so Tables 7-9 are not built "
-                   "(hook: jaxalign.report.tables.screening_tables)."])]
+    out = []
+    for path in sorted((folder / "tables").glob("t[789]_*.csv")):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            names = reader.fieldnames or []
+        out.append(Table(path.stem, f"Screening · {path.stem.split('_', 1)[0].replace('t', 'Table ')} ({path.stem})",
+                         [Column(n, n) for n in names], rows, [f"From the screening in {folder}."]))
+    return out
 
 
-def run_tables(rows: Rows, questions: list[dict], root) -> list[Table]:
+def run_tables(rows: Rows, questions: list[dict], root, config: Optional[dict] = None) -> list[Table]:
     """Every table of one run's report, in the order report.md lists them. ``rows`` are prepared."""
     return [teacher_ranking(rows), selective_oracle(rows), teacher_ranking_alternatives(rows),
             correct_vs_incorrect_table(rows, per_teacher=False), spearman_table(rows),
             correct_vs_incorrect_table(rows, per_teacher=True), questions_by_difficulty(questions),
             alignment_by_difficulty(rows, questions), skipped_questions(questions), skipped_nodes(rows),
-            budget(questions), divergence_filters(rows), multi_teacher_oracle(rows), *screening_tables(root)]
+            budget(questions), divergence_filters(rows), multi_teacher_oracle(rows), *screening_tables(root, config)]
 
 
 def summary_table(rows: Rows) -> Table:
