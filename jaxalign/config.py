@@ -12,7 +12,7 @@ import json
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from jaxalign import tasks
 from jaxalign.errors import CheckpointError, ConfigError
@@ -128,6 +128,11 @@ class RunConf:
     device_memory_gb: Optional[float] = None  # the memory models may fill; null: the device's own (skipped on CPU)
     include_path_rollout: bool = False
     count_ancestors: bool = False
+    # Phase 2's rows: built-in algorithms or users' functions by import path, under these conventions
+    # (jaxalign.algorithms, docs/math.md), e.g. algorithms=[gkd,my_pkg.algos.kl_gated_gkd]
+    algorithms: List[str] = dataclasses.field(
+        default_factory=lambda: ["gkd", "gkd_full", "single_sample_mc", "drgrpo_mc", "minillm_mc"])
+    conventions: List[str] = dataclasses.field(default_factory=lambda: ["renormalized", "paper"])
     dry_run: bool = False
     # the dry run's throughputs, measured on the device by python -m jaxalign.calibrate (docs/cost.md)
     calibration_file: Optional[str] = None  # null: $JAXALIGN_CALIBRATION, else ~/.cache/jaxalign/calibration.json
@@ -292,6 +297,9 @@ def validate(cfg: RunConf, check_models: bool = True) -> None:
     check(b.top_k >= 0 and b.top_r >= 0, "budget.top_k", "top_k and top_r must be >= 0")
     check(b.window_growth >= 1, "budget.window_growth", "must be >= 1")
     check(0 < b.adaptive_share <= 1, "budget.adaptive_share", f"{b.adaptive_share} must lie in (0, 1]")
+    from jaxalign import algorithms  # imports jax; the names are checked (and users' modules imported) here
+
+    algorithms.check(cfg.algorithms, cfg.conventions)
     check(cfg.demo_temperature > 0, "demo_temperature", "must be > 0")
     check(cfg.demo_trials >= 1, "demo_trials", "must be >= 1")
     check(cfg.summary_max_tokens >= 1, "summary_max_tokens", "must be >= 1")

@@ -182,3 +182,17 @@ def test_a_temperature_other_than_one_is_rejected():
 
     with pytest.raises(ConfigError, match="temperature 1"):
         PipelineConfig(temperature=0.7)
+
+
+def test_algorithms_and_conventions_are_chosen_on_the_command_line():
+    from jaxalign.pipeline.jobs import pipeline_config
+
+    cfg = as_run(composed("+experiment=exact", "algorithms=[gkd,tests.custom_algorithm.kl_gated_gkd]",
+                          "conventions=[paper]"))
+    C.validate(cfg)
+    pcfg = pipeline_config(cfg)
+    assert pcfg.algorithms == ("gkd", "tests.custom_algorithm.kl_gated_gkd") and pcfg.conventions == ("paper",)
+    with pytest.raises(ConfigError, match="algorithms: 'gkdd' is not a built-in"):
+        C.validate(as_run(composed("+experiment=exact", "algorithms=[gkdd]")))
+    with pytest.raises(ConfigError, match="conventions"):
+        C.validate(as_run(composed("+experiment=exact", "conventions=[literal]")))

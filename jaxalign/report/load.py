@@ -18,11 +18,13 @@ import numpy as np
 
 from jaxalign.errors import JaxalignError
 from jaxalign.integrity import damage
+from jaxalign.pipeline.phase2 import CHILD_SCHEMA, ROW_SCHEMA
 
 DEFAULT_CONVENTION = "renormalized"
-ROW_COLUMNS = ("qid", "path", "correct", "depth", "norm_depth", "token", "node", "teacher", "algorithm",
-               "s_u_size", "sr_range", "cosine", "valid", "advantage", "kl", "js", "l2", "cos_pq", "visits")
-CHILD_COLUMNS = ("qid", "path", "node", "depth", "teacher", "token", "p", "q", "s", "visits", "successes", "in_s")
+# the pipeline's row schemas, the one definition of the result files; `convention` is optional so
+# that files written before it existed still read (as the renormalised convention)
+ROW_COLUMNS = tuple(c for c in ROW_SCHEMA if c != "convention")
+CHILD_COLUMNS = tuple(CHILD_SCHEMA)
 STRING_COLUMNS = ("qid", "teacher", "algorithm", "convention")
 BOOL_COLUMNS = ("correct", "valid", "in_s")
 

@@ -22,7 +22,7 @@ def test_page_is_self_contained_and_colours_decision_tokens(exact_run):
     assert len(nodes) == page.count('class="t d"') + page.count('class="t d u"') > 0
     for node in nodes:
         assert node["children"] and all(c["lo"] <= c["s"] <= c["hi"] for c in node["children"])
-        assert sum(c["chosen"] for c in node["children"]) <= 1 and "gkd" in node["cos"]
+        assert sum(c["chosen"] for c in node["children"]) <= 1 and "gkd (renormalized)" in node["cos"]
     assert page.count("rgba(33,102,172") > page.count("rgba(178,24,43")  # tilt is aligned: mostly blue
 
 
