@@ -118,3 +118,38 @@ def test_sharded_sweep_script_runs_an_array_and_merges(tmp_path):
     assert len({i.split("_")[0] for i in _job_ids(sweep)}) == 1 and len(_job_ids(sweep)) == 3
     assert "merged" in result.stdout and json.loads((run_dir / "run.json").read_text())["totals"]["questions"] == 3
     assert_same_results(run_dir, reference_run(tmp_path, *job))
+
+
+def test_preemption_by_the_high_partition_requeues_and_resumes_to_identical_results(tmp_path):
+    """What a shared cluster does: a job in 'high' needs the CPUs of a running 'debug' job. SLURM signals
+    the victim (USR2, as the profile asks), jaxalign checkpoints and exits, the job is requeued, and
+    the resumed job's results equal an uninterrupted run's."""
+    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c", "-p", "debug"], capture_output=True, text=True)
+               .stdout.split()[0].rstrip("+"))
+    sweep = tmp_path / "sweep"
+    victim = [*SLURM[:-2], f"hydra.launcher.cpus_per_task={cpus}", SLURM[-1]]  # the whole node
+    proc = run_main("-m", *victim, f"hydra.sweep.dir={sweep}", *EXACT_JOB, background=True)
+    urgent = None
+    try:
+        wait_until(lambda: job_dirs(sweep) and checkpoints(job_dirs(sweep)[0], "exact-0") >= 3 and _job_ids(sweep),
+                   180, "the debug job's third checkpoint")
+        (job_id,) = _job_ids(sweep)
+        urgent = subprocess.run(["sbatch", "--parsable", "-p", "high", f"--cpus-per-task={cpus}", "--mem=100M",
+                                 "--wrap", "sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
+        wait_until(lambda: "REQUEUED" in _history(job_id) or "PREEMPTED" in _history(job_id)
+                   or _squeue(job_id).startswith("PENDING"), 180, "the debug job to be preempted")
+        wait_until(lambda: _squeue(urgent) == "", 120, "the high job to finish")
+        wait_until(lambda: _squeue(job_id).startswith("PENDING"), 120, "the preempted job to be pending again")
+        time.sleep(10)  # as in the USR2 test: let the old step be torn down before the job starts again
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if urgent:
+            subprocess.run(["scancel", urgent], capture_output=True)
+    assert proc.returncode == 0, out[-4000:]
+    (run_dir,) = job_dirs(sweep)
+    log = (run_dir / "run-shard0.log").read_text()
+    assert "resumed from checkpoint" in log, log
+    assert_same_results(run_dir, reference_run(tmp_path, *EXACT_JOB))
