@@ -135,6 +135,7 @@ def test_preemption_by_the_high_partition_requeues_and_resumes_to_identical_resu
                    180, "the debug job's third checkpoint")
         (job_id,) = _job_ids(sweep)
         urgent = subprocess.run(["sbatch", "--parsable", "-p", "high", f"--cpus-per-task={cpus}", "--mem=100M",
+                                 f"--output={tmp_path}/high-%j.out",
                                  "--wrap", "sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
         wait_until(lambda: "REQUEUED" in _history(job_id) or "PREEMPTED" in _history(job_id)
                    or _squeue(job_id).startswith("PENDING"), 180, "the debug job to be preempted")
