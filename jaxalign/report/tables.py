@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -223,21 +224,28 @@ def _teachers(rows: Rows) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- Tables 1, 3
+def _cells(rows: Rows):
+    """(algorithm, convention, |S_u| split, teacher, its rows) for every non-empty cell, grouped in that order."""
+    for algorithm, convention in _algorithms(rows):
+        for su in SU_SPLITS:
+            for teacher in rows.present("teacher"):
+                sel = select(rows, teacher, algorithm, convention, su)
+                if len(sel):
+                    yield algorithm, convention, su, teacher, sel
+
+
 def teacher_ranking(rows: Rows) -> Table:
     """Table 1: mean alignment with 95% CIs across questions, per teacher, algorithm, convention and |S_u|."""
     out = []
-    for algorithm, convention in _algorithms(rows):
-        for su in SU_SPLITS:
-            block = []
-            for teacher in rows.present("teacher"):
-                sel = select(rows, teacher, algorithm, convention, su)
-                if not len(sel):
-                    continue
-                est, used = metric(sel, "mean_cosine")
-                block.append({"algorithm": algorithm, "convention": convention, "s_u": su, "teacher": teacher,
-                              "mean_cosine": est, **counts(used)})
-            ranked = sorted(block, key=lambda r: -np.nan_to_num(r["mean_cosine"].value, nan=-9))
-            out += [{**r, "rank": i + 1} for i, r in enumerate(ranked)]
+    # one ranking per (algorithm, convention, |S_u|)
+    for _, cells in itertools.groupby(_cells(rows), key=lambda cell: cell[:3]):
+        block = []
+        for algorithm, convention, su, teacher, sel in cells:
+            est, used = metric(sel, "mean_cosine")
+            block.append({"algorithm": algorithm, "convention": convention, "s_u": su, "teacher": teacher,
+                          "mean_cosine": est, **counts(used)})
+        ranked = sorted(block, key=lambda r: -np.nan_to_num(r["mean_cosine"].value, nan=-9))
+        out += [{**r, "rank": i + 1} for i, r in enumerate(ranked)]
     return Table("t1_teacher_ranking", "Table 1 · teacher ranking by mean alignment",
                  [Column("algorithm", "algorithm"), Column("convention", "convention"), Column("s_u", "|S_u|"),
                   Column("rank", "rank", "d"), Column("teacher", "teacher"),
@@ -248,16 +256,11 @@ def teacher_ranking(rows: Rows) -> Table:
 def teacher_ranking_alternatives(rows: Rows) -> Table:
     """Table 3: fraction positive, SR-weighted cosine and mean signal per teacher."""
     out = []
-    for algorithm, convention in _algorithms(rows):
-        for su in SU_SPLITS:
-            for teacher in rows.present("teacher"):
-                sel = select(rows, teacher, algorithm, convention, su)
-                if not len(sel):
-                    continue
-                frac, used = metric(sel, "frac_positive")
-                out.append({"algorithm": algorithm, "convention": convention, "s_u": su, "teacher": teacher,
-                            "frac_positive": frac, "weighted_cosine": metric(sel, "weighted_cosine")[0],
-                            "mean_signal": metric(sel, "mean_signal")[0], **counts(used)})
+    for algorithm, convention, su, teacher, sel in _cells(rows):
+        frac, used = metric(sel, "frac_positive")
+        out.append({"algorithm": algorithm, "convention": convention, "s_u": su, "teacher": teacher,
+                    "frac_positive": frac, "weighted_cosine": metric(sel, "weighted_cosine")[0],
+                    "mean_signal": metric(sel, "mean_signal")[0], **counts(used)})
     return Table("t3_teacher_ranking_alternatives", "Table 3 · teacher ranking by fraction positive and "
                  "SR-range-weighted cosine",
                  [Column("algorithm", "algorithm"), Column("convention", "convention"), Column("s_u", "|S_u|"),
