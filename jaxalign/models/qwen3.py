@@ -14,9 +14,9 @@ Numerics: params (and the residual stream) are bf16 or fp32. RMSNorm statistics,
 attention softmax and the final logits are always fp32. With fp32 params every matmul runs at
 ``Precision.HIGHEST``, so fp32 means fp32 on GPUs too (not TF32).
 
-The KV cache is left-padded with one write index shared by the batch: row ``b`` holds valid keys in
-slots ``[start[b], end)``, and a step of T tokens writes slots ``[end, end + T)``. Writing is then
-one ``dynamic_update_slice``, not a scatter. Example, B=2, S=6, after a 3-token prefill where row 1
+The KV cache (per layer ``[B, K, S, H]``) is left-padded with one write index shared by the batch:
+row ``b`` holds valid keys in slots ``[start[b], end)``, and a step of T tokens writes slots
+``[end, end + T)``. Writing is then one ``dynamic_update_slice``, not a scatter. Example, B=2, S=6, after a 3-token prefill where row 1
 had a 2-token prompt (one pad)::
 
     slot      0  1  2  3  4  5
@@ -77,19 +77,19 @@ class Qwen3Params:
 
 @flax.struct.dataclass
 class KVCache:
-    k: tuple[Array, ...]  # per layer [B, S, K, H]
-    v: tuple[Array, ...]  # per layer [B, S, K, H]
+    k: tuple[Array, ...]  # per layer [B, K, S, H]
+    v: tuple[Array, ...]  # per layer [B, K, S, H]
     start: Array  # [B] int32: first valid slot of each row (left padding)
     end: Array  # [] int32: one past the last written slot, shared by all rows
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
 
 def init_cache(cfg: Qwen3Config, batch: int, max_len: int, dtype=jnp.bfloat16, start=None) -> KVCache:
     """An empty cache of ``max_len`` slots. ``start`` [B] int32 marks left padding (default 0)."""
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
     return KVCache(k=zeros, v=tuple(jnp.zeros_like(z) for z in zeros), start=start, end=jnp.int32(0))
@@ -128,7 +128,7 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
 class SharedPrefix:
     """Prefix KV stored once per prefix and read by every fork of it (cascade attention).
 
-    k, v: per layer [P, Sp, K, H]; start: [P] int32, first valid slot (left padding). The query
+    k, v: per layer [P, K, Sp, H]; start: [P] int32, first valid slot (left padding). The query
     batch is grouped: rows ``[p * R, (p + 1) * R)`` continue prefix ``p``. Nothing is copied per
     fork: a 4K-token prefix x 64 forks of a 32B teacher would be ~68 GB as copies.
     """
@@ -144,22 +144,22 @@ class SharedPrefix:
     @property
     def length(self) -> Array:
         """[P] int32 number of valid prefix tokens."""
-        return self.k[0].shape[1] - self.start
+        return self.k[0].shape[2] - self.start
 
 
 def _partial_attention(q: Array, k: Array, v: Array, visible: Array, prec) -> tuple[Array, Array]:
     """Softmax attention over one block of keys, with its log-sum-exp for merging.
 
-    q: [B, T, K, G, H]; k, v: [B, S, K, H]; visible: [B, T, S] bool (broadcastable).
+    q: [B, T, K, G, H]; k, v: [B, K, S, H]; visible: [B, T, S] bool (broadcastable).
     Returns (out [B, T, K, G, H] float32, lse [B, T, K, G] float32).
     """
     head_dim = q.shape[-1]
-    scores = jnp.einsum("btkgh,bskh->btkgs", q, k, precision=prec, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgh,bksh->btkgs", q, k, precision=prec, preferred_element_type=jnp.float32)
     scores = jnp.where(visible[:, :, None, None, :], scores * head_dim**-0.5, _MASKED)
     peak = jnp.max(scores, axis=-1, keepdims=True)
     weights = jnp.exp(scores - peak)
     total = jnp.sum(weights, axis=-1, keepdims=True)
-    out = jnp.einsum("btkgs,bskh->btkgh", (weights / total).astype(v.dtype), v, precision=prec,
+    out = jnp.einsum("btkgs,bksh->btkgh", (weights / total).astype(v.dtype), v, precision=prec,
                      preferred_element_type=jnp.float32)
     return out, (peak + jnp.log(total))[..., 0]
 
@@ -173,14 +173,56 @@ def merge_attention(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array) -> A
     return out_a * jnp.exp(lse_a - lse)[..., None] + out_b * jnp.exp(lse_b - lse)[..., None]
 
 
+MIN_WINDOW = 256
+
+
+def attention_windows(slots: int) -> tuple[int, ...]:
+    """The static key windows ``[0, w)`` of a cache of ``slots`` slots, widest first: the cache
+    itself, then every power of two below it down to :data:`MIN_WINDOW`."""
+    windows = [slots]
+    width = 1 << ((slots - 1).bit_length() - 1)
+    while width >= MIN_WINDOW:
+        windows.append(width)
+        width //= 2
+    return tuple(windows)
+
+
+def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end: Array, prec):
+    """Attention of T queries at slots ``[end, end + T)`` over the cache's filled slots.
+
+    q: [B, T, K, G, H]; k_cache, v_cache: [B, K, S, H]; start: [B] int32; end: [] int32.
+    Returns (out [B, T, K, G, H] float32, lse [B, T, K, G] float32).
+
+    Slots at or past end + T are empty, so only the narrowest window of :func:`attention_windows`
+    that holds ``end + T`` slots is read (``lax.switch``, one static shape per branch). A
+    decode loop in a 4K-slot buffer thus reads 256..512 slots at its start, not 4K. Every branch
+    is the same exact softmax; the slots it leaves out are masked in the full one.
+    """
+    steps = q.shape[1]
+
+    def attend(width):
+        def branch(q, k_cache, v_cache, start, end):
+            key_slot = jnp.arange(width)[None, None, :]  # [1, 1, W]
+            query_slot = (end + jnp.arange(steps))[None, :, None]  # [1, T, 1]
+            visible = (key_slot >= start[:, None, None]) & (key_slot <= query_slot)  # [B, T, W]
+            return _partial_attention(q, k_cache[:, :, :width], v_cache[:, :, :width], visible, prec)
+        return branch
+
+    windows = attention_windows(k_cache.shape[2])
+    if len(windows) == 1:
+        return attend(windows[0])(q, k_cache, v_cache, start, end)
+    narrowest = jnp.sum(jnp.asarray(windows) >= end + steps) - 1
+    return lax.switch(narrowest, [attend(w) for w in windows], q, k_cache, v_cache, start, end)
+
+
 def _attention(
     layer: Attention, cfg: Qwen3Config, x: Array, positions: Array, k_cache: Array, v_cache: Array,
     start: Array, end: Array, prefix: Optional[tuple[Array, Array, Array]] = None,
 ) -> tuple[Array, Array, Array]:
     """One attention block over T new tokens appended to the cache at slot ``end``.
 
-    x: [B, T, D]; positions: [B, T] int32 RoPE positions; k_cache, v_cache: [B, S, K, H];
-    start: [B] int32; end: [] int32. prefix: optional (k [P, Sp, K, H], v, start [P]) shared by
+    x: [B, T, D]; positions: [B, T] int32 RoPE positions; k_cache, v_cache: [B, K, S, H];
+    start: [B] int32; end: [] int32. prefix: optional (k [P, K, Sp, H], v, start [P]) shared by
     groups of B // P consecutive rows. Returns (out [B, T, D], new k_cache, new v_cache).
     """
     prec = _precision(x.dtype)
@@ -193,19 +235,18 @@ def _attention(
     q = rope(rms_norm(q, layer.q_norm, cfg.rms_norm_eps), positions, cfg.rope_theta)
     k = rope(rms_norm(k, layer.k_norm, cfg.rms_norm_eps), positions, cfg.rope_theta)
 
-    k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, end, 0, 0))
-    v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, end, 0, 0))
+    # Heads before slots: the attention einsums batch over (b, k), and this layout lets their
+    # dots read the cache in place instead of transposing all of it at every decode step.
+    k_cache = lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, end, 0))
+    v_cache = lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, end, 0))
 
     q = q.reshape(batch, steps, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
-    key_slot = jnp.arange(k_cache.shape[1])[None, None, :]  # [1, 1, S]
-    query_slot = (end + jnp.arange(steps))[None, :, None]  # [1, T, 1]
-    visible = (key_slot >= start[:, None, None]) & (key_slot <= query_slot)  # [B, T, S]
-    out, lse = _partial_attention(q, k_cache, v_cache, visible, prec)
+    out, lse = _cache_attention(q, k_cache, v_cache, start, end, prec)
     if prefix is not None:
         prefix_k, prefix_v, prefix_start = prefix
         groups = prefix_k.shape[0]
         grouped_q = q.reshape(groups, (batch // groups) * steps, *q.shape[2:])
-        prefix_visible = (jnp.arange(prefix_k.shape[1])[None, :] >= prefix_start[:, None])[:, None, :]
+        prefix_visible = (jnp.arange(prefix_k.shape[2])[None, :] >= prefix_start[:, None])[:, None, :]
         out_p, lse_p = _partial_attention(grouped_q, prefix_k, prefix_v, prefix_visible, prec)
         out = merge_attention(out_p.reshape(out.shape), lse_p.reshape(lse.shape), out, lse)
     out = out.astype(x.dtype).reshape(batch, steps, cfg.num_heads, cfg.head_dim)
@@ -230,7 +271,7 @@ def decoder_layer(
     """One pre-norm block: attention then SwiGLU MLP, each added to the residual stream.
 
     x: [B, T, D] in the params dtype; the other arguments as in ``_attention``.
-    Returns (x [B, T, D], new k_cache [B, S, K, H], new v_cache).
+    Returns (x [B, T, D], new k_cache [B, K, S, H], new v_cache).
     """
     attn, k_cache, v_cache = _attention(
         layer.attn, cfg, rms_norm(x, layer.attn_norm, cfg.rms_norm_eps), positions, k_cache, v_cache,

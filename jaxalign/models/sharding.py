@@ -1,7 +1,7 @@
 """Tensor and data parallelism: logical axes of every weight and cache, mapped onto a mesh.
 
 Every array of :mod:`jaxalign.models.qwen3` is named by the einsum letters of its shape: the query
-projection is ``"DNH"``, a cache layer ``"BSKH"``. :class:`ShardingRules` maps letters to mesh
+projection is ``"DNH"``, a cache layer ``"BKSH"``. :class:`ShardingRules` maps letters to mesh
 axes; a letter it does not map (D, H, S, T, G, P) is replicated. The mesh has two axes:
 
 * ``data``: rows of the batch (B). Each data shard samples its own rows.
@@ -112,7 +112,7 @@ def param_axes(cfg: Qwen3Config) -> Qwen3Params:
 
 def cache_axes(cfg: Qwen3Config, batch: str = "B") -> KVCache:
     """Logical axes of a :class:`KVCache`. ``batch="P"`` for a shared prefix (replicated rows)."""
-    layers = (batch + "SKH",) * cfg.num_layers
+    layers = (batch + "KSH",) * cfg.num_layers
     return KVCache(k=layers, v=layers, start=batch, end="")
 
 

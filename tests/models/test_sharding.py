@@ -182,15 +182,16 @@ def test_weights_are_split_over_model(eight, tp):
 def test_kv_cache_is_split_over_data_and_model(eight, tp):
     data, k = 8 // tp, CFG.num_kv_heads
     rows = BUCKETS["prefixes"] * BUCKETS["forks"]
-    expected = [rows // data, BUCKETS["max_new"], k // tp if k % tp == 0 else k, CFG.head_dim]
+    expected = [rows // data, k // tp if k % tp == 0 else k, BUCKETS["max_new"], CFG.head_dim]
     assert list(eight[f"tp{tp}_cache_shard"]) == expected
 
 
 @pytest.mark.parametrize("tp", TP_SIZES)
 def test_the_sampler_never_gathers_weights(eight, tp):
-    """Per step the only all-gather is the distributed argmax: one candidate per row and model shard."""
+    """Nothing larger than one candidate per row and model shard is gathered (the vocab-split argmax
+    is a max and a min, two all-reduces, so in practice nothing is)."""
     rows_per_data_shard = BUCKETS["prefixes"] * BUCKETS["forks"] // (8 // tp)
-    assert 0 < int(eight[f"tp{tp}_largest_all_gather"]) <= rows_per_data_shard * tp
+    assert int(eight[f"tp{tp}_largest_all_gather"]) <= rows_per_data_shard * tp
 
 
 @pytest.mark.parametrize("tp", TP_SIZES)
