@@ -3,25 +3,16 @@
 import argparse
 import json
 import platform
-import time
 
 import jax
+
+from jaxalign.calibrate import best_time  # noqa: F401  (the benchmarks' timer)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="a smaller run that finishes in under a minute")
     return ap
-
-
-def best_time(fn, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls of fn() (which must block until its result is ready)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def report(name: str, figures: dict) -> None:

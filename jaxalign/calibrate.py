@@ -246,10 +246,10 @@ def measure_peaks(dtypes: Iterable[str]) -> tuple[dict[str, float], float]:
     for name in sorted(set(dtypes)):
         a = jnp.ones((n, n), jnp.dtype(name))
         matmul = jax.jit(lambda x, y: x @ y)
-        flops[name] = 2.0 * n**3 / _best(lambda: matmul(a, a).block_until_ready())
+        flops[name] = 2.0 * n**3 / best_time(lambda: matmul(a, a).block_until_ready())
     x = jnp.ones((1 << (28 if gpu else 25),), jnp.float32)
     stream = jax.jit(jnp.sum)  # reads every byte once and allocates nothing
-    bandwidth = x.nbytes / _best(lambda: stream(x).block_until_ready())
+    bandwidth = x.nbytes / best_time(lambda: stream(x).block_until_ready())
     return flops, bandwidth
 
 
@@ -346,7 +346,8 @@ def fit_compile(points: Sequence[Mapping[str, float]]) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- probes
-def _best(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+def best_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    """Best wall time of ``repeats`` calls of fn() (which must block until its result is ready)."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -364,7 +365,7 @@ def _first_and_best(fn: Callable[[], object]) -> tuple[float, float]:
     start = time.perf_counter()
     fn()
     first = time.perf_counter() - start
-    return first, _best(fn)
+    return first, best_time(fn)
 
 
 def probe_params(shape: Shape, with_layers: bool = True):
@@ -409,7 +410,7 @@ def probe_decode(shape: Shape, rows: int, slots: int) -> dict:
             jnp.int32(limit), **statics))
 
     first, one = _first_and_best(call(1))
-    many = _best(call(1 + DECODE_STEPS))
+    many = best_time(call(1 + DECODE_STEPS))
     step = max(many - one, 0.0) / DECODE_STEPS
     return {"kind": "decode", "layers": shape.layers, "rows": rows, "slots": slots, "seconds": step,
             "call_s": one, "compile_s": first - one,

@@ -296,21 +296,27 @@ def oracle_point(rows: Rows, threshold: Optional[float]) -> dict:
             **counts(valid)}
 
 
-def selective_oracle(rows: Rows) -> Table:
-    """Table 2: mean signal when the teacher's gradient is kept only where its cosine exceeds t."""
-    out = []
+def _teacher_cells(rows: Rows):
+    """(algorithm, convention, teacher, its rows) for every teacher-dependent algorithm, the teachers
+    pooled first (``ALL_TEACHERS``); the reward reference's rows are left out."""
     for algorithm, convention in _algorithms(rows):
         if algorithm in TEACHER_FREE:
             continue
         for teacher in [ALL_TEACHERS, *_teachers(rows)]:
             sel = select(rows, None if teacher == ALL_TEACHERS else teacher, algorithm, convention)
-            sel = sel.where(~sel.is_("teacher", REFERENCE))
-            if not len(sel):
-                continue
-            for t in (None, *ORACLE_THRESHOLDS):
-                out.append({"algorithm": algorithm, "convention": convention, "teacher": teacher,
-                            "strategy": f"full {algorithm}" if t is None else f"selective (t = {t:g})",
-                            "threshold": t, **oracle_point(sel, t)})
+            yield algorithm, convention, teacher, sel.where(~sel.is_("teacher", REFERENCE))
+
+
+def selective_oracle(rows: Rows) -> Table:
+    """Table 2: mean signal when the teacher's gradient is kept only where its cosine exceeds t."""
+    out = []
+    for algorithm, convention, teacher, sel in _teacher_cells(rows):
+        if not len(sel):
+            continue
+        for t in (None, *ORACLE_THRESHOLDS):
+            out.append({"algorithm": algorithm, "convention": convention, "teacher": teacher,
+                        "strategy": f"full {algorithm}" if t is None else f"selective (t = {t:g})",
+                        "threshold": t, **oracle_point(sel, t)})
     return Table("t2_selective_oracle", "Table 2 · selective distillation (oracle)",
                  [Column("algorithm", "algorithm"), Column("convention", "convention"), Column("teacher", "teacher"),
                   Column("strategy", "strategy"), Column("mean_signal", "mean signal [95% CI]", "+.4f"),
@@ -418,26 +424,22 @@ def spearman_table(rows: Rows) -> Table:
     over paths gets a cluster-bootstrap CI by question.
     """
     out = []
-    for algorithm, convention in _algorithms(rows):
-        if algorithm in TEACHER_FREE:
-            continue
-        for teacher in [ALL_TEACHERS, *_teachers(rows)]:
-            sel = select(rows, None if teacher == ALL_TEACHERS else teacher, algorithm, convention)
-            sel = sel.where(sel["valid"] & ~sel.is_("teacher", REFERENCE))
-            for key, label in SPEARMAN_FEATURES:
-                if key not in sel:
-                    continue
-                s = sel.where(np.isfinite(sel[key]) & np.isfinite(sel["cosine"]))
-                if not len(s):
-                    continue
-                codes, _ = stats.group_codes(s["qid"], s["path"], s["teacher"])
-                rho = stats.grouped_spearman(s[key], s["cosine"], codes)
-                question = s["qid"][np.unique(codes, return_index=True)[1]]
-                defined = np.isfinite(rho)
-                est = stats.ratio(rho[defined], np.ones(defined.sum()), question[defined])
-                out.append({"algorithm": algorithm, "convention": convention, "teacher": teacher, "feature": label,
-                            "rho": est, "n_questions": est.questions, "n_paths": int(defined.sum()),
-                            "n_nodes": int(s["first"].sum())})
+    for algorithm, convention, teacher, sel in _teacher_cells(rows):
+        sel = sel.where(sel["valid"])
+        for key, label in SPEARMAN_FEATURES:
+            if key not in sel:
+                continue
+            s = sel.where(np.isfinite(sel[key]) & np.isfinite(sel["cosine"]))
+            if not len(s):
+                continue
+            codes, _ = stats.group_codes(s["qid"], s["path"], s["teacher"])
+            rho = stats.grouped_spearman(s[key], s["cosine"], codes)
+            question = s["qid"][np.unique(codes, return_index=True)[1]]
+            defined = np.isfinite(rho)
+            est = stats.ratio(rho[defined], np.ones(defined.sum()), question[defined])
+            out.append({"algorithm": algorithm, "convention": convention, "teacher": teacher, "feature": label,
+                        "rho": est, "n_questions": est.questions, "n_paths": int(defined.sum()),
+                        "n_nodes": int(s["first"].sum())})
     return Table("t5_spearman", "Table 5 · within-path Spearman correlation of alignment with node features",
                  [Column("algorithm", "algorithm"), Column("convention", "convention"), Column("teacher", "teacher"),
                   Column("feature", "feature"), Column("rho", "mean ρ over paths [95% CI]", "+.3f"), *N_COLUMNS],
@@ -586,29 +588,25 @@ def divergence_filters(rows: Rows) -> Table:
     The threshold is the feature's quantile over the scope's valid nodes (stated in the table).
     """
     out = []
-    for algorithm, convention in _algorithms(rows):
-        if algorithm in TEACHER_FREE:
+    for algorithm, convention, teacher, sel in _teacher_cells(rows):
+        sel = sel.where(sel["valid"] & sel["first"])
+        if not len(sel):
             continue
-        for teacher in [ALL_TEACHERS, *_teachers(rows)]:
-            sel = select(rows, None if teacher == ALL_TEACHERS else teacher, algorithm, convention)
-            sel = sel.where(sel["valid"] & sel["first"] & ~sel.is_("teacher", REFERENCE))
-            if not len(sel):
-                continue
-            aligned = sel["cosine"] > 0
-            signal = sel["sr_range"] * sel["cosine"]
-            base = {"algorithm": algorithm, "convention": convention, "teacher": teacher, **counts(sel)}
-            out.append({**base, "filter": "none", "threshold": float("nan"), "frac_tokens": 1.0,
-                        "precision": float(aligned.mean()), "recall": 1.0,
-                        "mean_signal": stats.ratio(signal, np.ones(len(sel)), sel["qid"])})
-            for feature in FILTER_FEATURES:
-                for frac in FILTER_KEEP:
-                    threshold = float(np.quantile(sel[feature], 1.0 - frac))
-                    keep = sel[feature] >= threshold
-                    out.append({**base, "filter": f"{feature} ≥ q{1 - frac:.2f}", "threshold": threshold,
-                                "frac_tokens": float(keep.mean()),
-                                "precision": float(aligned[keep].mean()) if keep.any() else float("nan"),
-                                "recall": float((aligned & keep).sum() / aligned.sum()) if aligned.any() else float("nan"),
-                                "mean_signal": stats.ratio(signal[keep], np.ones(keep.sum()), sel["qid"][keep])})
+        aligned = sel["cosine"] > 0
+        signal = sel["sr_range"] * sel["cosine"]
+        base = {"algorithm": algorithm, "convention": convention, "teacher": teacher, **counts(sel)}
+        out.append({**base, "filter": "none", "threshold": float("nan"), "frac_tokens": 1.0,
+                    "precision": float(aligned.mean()), "recall": 1.0,
+                    "mean_signal": stats.ratio(signal, np.ones(len(sel)), sel["qid"])})
+        for feature in FILTER_FEATURES:
+            for frac in FILTER_KEEP:
+                threshold = float(np.quantile(sel[feature], 1.0 - frac))
+                keep = sel[feature] >= threshold
+                out.append({**base, "filter": f"{feature} ≥ q{1 - frac:.2f}", "threshold": threshold,
+                            "frac_tokens": float(keep.mean()),
+                            "precision": float(aligned[keep].mean()) if keep.any() else float("nan"),
+                            "recall": float((aligned & keep).sum() / aligned.sum()) if aligned.any() else float("nan"),
+                            "mean_signal": stats.ratio(signal[keep], np.ones(keep.sum()), sel["qid"][keep])})
     return Table("divergence_filters", "Divergence filters: keep the nodes where the teacher disagrees most",
                  [Column("algorithm", "algorithm"), Column("convention", "convention"), Column("teacher", "teacher"),
                   Column("filter", "filter"), Column("threshold", "threshold", ".4g"),

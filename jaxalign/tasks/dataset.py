@@ -8,6 +8,7 @@ shard, and a row added to the file displaces at most one question of an existing
 
 from __future__ import annotations
 
+import abc
 import collections
 import hashlib
 import json
@@ -38,7 +39,7 @@ def text_field(row: Mapping[str, Any], *names: str) -> str:
     raise MalformedRow("missing '" + "' or '".join(names) + "'")
 
 
-class DatasetTask:
+class DatasetTask(abc.ABC):
     """Base of the real tasks. Subclasses set ``name`` and ``layouts`` and implement :meth:`parse` and
     :meth:`grade`. Options: ``path`` (a local .jsonl / .parquet file) or ``hub``, ``config``, ``split``."""
 
@@ -60,12 +61,13 @@ class DatasetTask:
         """Rows left out while loading, by reason (empty until questions are first asked for)."""
         return dict(self._skipped)
 
+    @abc.abstractmethod
     def parse(self, row: Mapping[str, Any]) -> tuple[Sequence[str], str, Any]:
         """A row's identity fields (hashed into its qid), user message and answer; raises MalformedRow."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def grade(self, response: str, answer: Any) -> bool:
-        raise NotImplementedError
+        """Whether ``response`` (thinking-mode text) answers correctly; ``answer`` is the row's own field."""
 
     def pool(self) -> list[Question]:
         """Every usable row as a Question, in source order; loads once."""
