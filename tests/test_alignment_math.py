@@ -289,3 +289,36 @@ def test_a_two_child_node_gives_plus_or_minus_one_under_every_zero_sum_conventio
         np.testing.assert_allclose(np.abs(cos), 1.0, atol=1e-5)
     paper = alignments(batch, ("gkd",), "paper")["gkd"]
     assert np.mean(np.abs(np.asarray(paper["cosine"])) < 0.99) > 0.5
+
+
+def test_paper_convention_gradients_and_cosines_equal_numpy():
+    """The paper-literal convention (jaxalign.algorithms): ideal p_j (s_j - P̂_u) and GKD
+    -p_j (log p_j - log q_j - KL_full), both on S_u and not renormalised, against plain NumPy; the
+    renormalised convention equals the already-tested algorithm_alignment."""
+    from jaxalign.algorithms import alignments
+
+    rng = np.random.default_rng(12)
+    n, k = 32, 6
+    p = rng.dirichlet(np.ones(20), size=n)[:, :k]
+    q = rng.dirichlet(np.ones(20), size=n)[:, :k]
+    s = rng.uniform(size=(n, k))
+    in_s = rng.uniform(size=(n, k)) < 0.7
+    in_s[:, :2] = True
+    kl_full = rng.uniform(0.01, 1.0, size=n)
+    node_success = rng.uniform(size=n)
+    visits = rng.integers(1, 40, size=(n, k)).astype(float)
+    batch = NodeBatch(p=p, q=q, s=s, in_s=in_s, seen=np.ones((n, k), bool), kl_full=kl_full, onp_visits=visits,
+                      onp_successes=np.floor(visits * s), baseline=np.full(n, 0.4), node_success=node_success)
+    got = alignments(batch, ("gkd",), "paper")["gkd"]
+    ideal = np.where(in_s, p * (s - node_success[:, None]), 0.0)
+    gkd = np.where(in_s, -p * (np.log(p) - np.log(q) - kl_full[:, None]), 0.0)
+    np.testing.assert_allclose(np.asarray(got["grad"]), gkd, rtol=1e-4, atol=1e-7)
+    want = (ideal * gkd).sum(1) / (np.linalg.norm(ideal, axis=1) * np.linalg.norm(gkd, axis=1))
+    np.testing.assert_allclose(np.asarray(got["cosine"]), want, rtol=1e-4, atol=1e-5)
+
+    names = ("gkd", "single_sample_mc", "drgrpo_mc")
+    renorm = alignments(batch, names, "renormalized")
+    reference = algorithm_alignment(batch, restrict="renormalize")
+    for name in names:
+        np.testing.assert_allclose(np.asarray(renorm[name]["cosine"]), np.asarray(reference[name]["cosine"]),
+                                   rtol=1e-5, atol=1e-6)
