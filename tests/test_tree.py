@@ -161,3 +161,23 @@ def test_edges_and_visits_look_up_pairs_in_bulk():
     visits = tree.edge_counts()["visits"]
     np.testing.assert_array_equal(tree.visits(nodes, tokens), [visits[e] if e >= 0 else 0 for e in want])
     assert tree.visits(nodes, tokens)[2] == 5 and tree.visits([], []).shape == (0,)
+
+
+def test_rollouts_through_a_node_equal_the_brute_force_prefix_match():
+    from jaxalign.pipeline.minillm import rollouts_through
+
+    rng = np.random.default_rng(7)
+    paths = [rng.integers(0, 3, 9), rng.integers(0, 3, 6)]
+    tree = RolloutTree.from_paths(paths, [True, False])
+    tokens = np.full((200, 10), -1)
+    lengths = rng.integers(1, 11, 200)
+    for r, n in enumerate(lengths):  # mostly following a path for a while, then anything
+        base, cut = paths[r % 2], rng.integers(0, 10)
+        tokens[r, :n] = [base[i] if i < min(cut, len(base)) else rng.integers(0, 3) for i in range(n)]
+    counted = rng.uniform(size=200) < 0.9
+    nodes_at = {int(tree.path_nodes[p, d]): (p, d) for p in range(2) for d in range(int(tree.path_length[p]))}
+    got = rollouts_through(tree, nodes_at, tokens, lengths, counted)
+    for node, (p, d) in nodes_at.items():
+        want = [r for r in range(200) if counted[r] and lengths[r] > d and list(tokens[r, :d]) == list(paths[p][:d])]
+        assert got[node] == want, (node, p, d)
+    assert sum(map(len, got.values())) > 200  # nodes deep along the paths are reached too

@@ -24,14 +24,16 @@ def rollouts_through(tree: RolloutTree, nodes_at: dict[int, tuple[int, int]], to
     """For each node (id -> (path, depth)), the counted rollouts that pass it and take a next token.
 
     tokens: [G, W] int (-1 padded); lengths: [G]; counted: [G] bool. A rollout passes node u at
-    depth d of path P when its first d tokens are P's and it has a token at d.
+    depth d of path P when its first d tokens are P's and it has a token at d. Each rollout's
+    agreement with each path is measured once, O(G x W) per path, whatever the number of nodes.
     """
-    out = {}
-    for node, (path, depth) in nodes_at.items():
-        prefix = tree.path_tokens[path, :depth]
-        match = (tokens[:, :depth] == prefix).all(1) if depth else np.ones(len(tokens), bool)
-        out[node] = np.flatnonzero(match & (lengths > depth) & counted).tolist()
-    return out
+    agree = {}  # path -> [G] length of each rollout's common prefix with the path
+    for path in sorted({path for path, _ in nodes_at.values()}):
+        width = min(tokens.shape[1], int(tree.path_length[path]))
+        same = tokens[:, :width] == tree.path_tokens[path, :width]
+        agree[path] = np.where(same.all(1), width, np.argmin(same, axis=1))
+    return {node: np.flatnonzero((agree[path] >= depth) & (lengths > depth) & counted).tolist()
+            for node, (path, depth) in nodes_at.items()}
 
 
 def reward_to_go(student, prompt, teachers: Sequence, rows: Sequence[int], tokens: np.ndarray,
