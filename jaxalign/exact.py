@@ -126,6 +126,14 @@ class TabularPolicy:
             piece = np.concatenate([piece, np.full(chunk - len(piece), piece[-1])])
             yield jnp.asarray(self.next_token_logprobs(prompt, response, piece))
 
+    def token_logprobs(self, prompt, sequences) -> list[np.ndarray]:
+        """log P(seq[t] | seq[:t]) for every t: [len(seq)] float32 per sequence (prompt implicit)."""
+        out = []
+        for seq in sequences:
+            seq = tuple(int(t) for t in np.asarray(seq).ravel())
+            out.append(np.array([self.logprobs(seq[:t])[tok] for t, tok in enumerate(seq)], np.float32))
+        return out
+
 
 class ExactPolicy(TabularPolicy):
     """The student: seeded random logits per prefix, a seeded success function, exact P_succ."""

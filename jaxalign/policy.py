@@ -58,3 +58,10 @@ class Policy(Protocol):
         once, whatever the number of chunks.
         """
         ...
+
+    def token_logprobs(self, prompt: np.ndarray, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """log P(seq[t] | prompt + seq[:t]) for every t of each sequence: a [len(seq)] float32 array each.
+
+        The log-probs of the tokens taken (MiniLLM's reward-to-go), for many sequences at once.
+        """
+        ...

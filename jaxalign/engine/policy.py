@@ -9,7 +9,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxalign.engine.sampling import sample
-from jaxalign.engine.scoring import DEFAULT_PREFILL_CHUNK, chunk_logprobs, path_hidden, response_logprobs
+from jaxalign.engine.scoring import (DEFAULT_PREFILL_CHUNK, chunk_logprobs, path_hidden, response_logprobs,
+                                     token_logprobs)
 from jaxalign.models.config import Qwen3Config
 from jaxalign.models.qwen3 import Qwen3Params
 from jaxalign.policy import SampleBatch
@@ -42,3 +43,6 @@ class FlaxPolicy:
                        chunk: int) -> Iterator[jax.Array]:
         hidden, offset = path_hidden(self.params, self.cfg, prompt, response, self.prefill_chunk)
         return chunk_logprobs(self.params, hidden, offset, positions, chunk)
+
+    def token_logprobs(self, prompt: np.ndarray, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return token_logprobs(self.params, self.cfg, prompt, sequences, self.prefill_chunk)

@@ -15,7 +15,7 @@ Two ways to score a path, with the same numbers:
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ from jaxalign.alignment import divergences
 from jaxalign.engine.sampling import COMPILES, bucket
 from jaxalign.errors import ConfigError
 from jaxalign.models.config import Qwen3Config
-from jaxalign.models.qwen3 import Qwen3Params, forward_hidden, init_cache, logits_from_hidden
+from jaxalign.models.qwen3 import Qwen3Params, SharedPrefix, forward_hidden, init_cache, logits_from_hidden
 
 DEFAULT_PREFILL_CHUNK = 256
 DEFAULT_SCORE_CHUNK = 64
@@ -213,24 +213,101 @@ def candidate_tokens(logp: jax.Array, logq: jax.Array, tau: float) -> dict[str, 
     return out
 
 
-@jax.jit
-def _take(logp: jax.Array, ids: jax.Array) -> jax.Array:
-    """logp[c, ids[c]]: [C, V] float32, [C] int32 -> [C] float32."""
-    return jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
+SCORED_POSITIONS = 1024  # rows x positions projected onto the vocabulary per step: [1024, 151936] f32 is 0.6 GB
+MAX_SCORED_ROWS = 64  # rows per call of :func:`token_logprobs`
 
 
-def sequence_logprobs(chunks: Iterator[jax.Array], tokens: np.ndarray) -> np.ndarray:
-    """log P(token[t] | prompt + tokens[:t]) for every t, from the chunks of positions 0..L-1.
+@functools.partial(jax.jit, static_argnames=("cfg", "prompt_chunk", "chunk"))
+def _rows_logprobs(params: Qwen3Params, cfg: Qwen3Config, prompt: jax.Array, prompt_start: jax.Array,
+                   rows: jax.Array, lengths: jax.Array, *, prompt_chunk: int, chunk: int) -> jax.Array:
+    """log P(rows[b, t] | prompt + rows[b, :t]) for every row and t, on the device.
 
-    chunks: ``policy.logprob_chunks(prompt, tokens, arange(L), chunk)``; tokens: [L] int.
-    Returns [L] float32; only one chunk of [chunk, V] log-probs exists at a time.
+    prompt: [Sp] int32 left-padded (valid from ``prompt_start``, Sp a multiple of prompt_chunk);
+    rows: [B, S] int32 right-padded (S a multiple of chunk); lengths: [B] int32 (each >= 1).
+    Returns [B, S] float32, meaningless at t >= lengths[b].
+
+    The prompt is prefilled once, ``prompt_chunk`` tokens at a time, and every row reads its KV as a
+    shared prefix (cascade attention), so a long self-teacher context is never copied per row. The
+    rows then run ``chunk`` positions at a time; each step projects [B, chunk] positions onto the
+    vocabulary and keeps only the taken tokens' log-probs.
     """
-    tokens = np.asarray(tokens, np.int32).ravel()
-    out, first = [], 0
-    for logp in chunks:
-        ids = np.zeros(logp.shape[0], np.int32)
-        piece = tokens[first: first + logp.shape[0]]
-        ids[: len(piece)] = piece
-        out.append(np.asarray(_take(logp, jnp.asarray(ids)))[: len(piece)])
-        first += logp.shape[0]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    COMPILES["score_rows"] += 1
+    size = prompt.shape[0]
+    batch, slots = rows.shape
+    prefix = init_cache(cfg, 1, size, params.dtype, prompt_start[None])
+
+    def prompt_step(i, carry):
+        cache, _ = carry
+        first = i * prompt_chunk
+        piece = jax.lax.dynamic_slice_in_dim(prompt, first, prompt_chunk)[None]
+        positions = jnp.maximum(first + jnp.arange(prompt_chunk, dtype=jnp.int32) - prompt_start, 0)[None]
+        hidden, cache = forward_hidden(params, cfg, piece, positions, cache)
+        return cache, hidden[0, -1]
+
+    last = jnp.zeros((cfg.hidden_size,), params.dtype)
+    prefix, last = jax.lax.fori_loop(0, size // prompt_chunk, prompt_step, (prefix, last))
+    shared = SharedPrefix(k=prefix.k, v=prefix.v, start=prompt_start[None])
+    first = jax.nn.log_softmax(logits_from_hidden(params, last))[rows[:, 0]]  # [B]
+    following = jnp.concatenate([rows[:, 1:], jnp.zeros((batch, 1), rows.dtype)], axis=1)  # [B, S]
+
+    def row_step(i, carry):
+        cache, taken = carry
+        at = i * chunk
+        piece = jax.lax.dynamic_slice_in_dim(rows, at, chunk, axis=1)
+        positions = jnp.broadcast_to(size - prompt_start + at + jnp.arange(chunk, dtype=jnp.int32), piece.shape)
+        hidden, cache = forward_hidden(params, cfg, piece, positions, cache, shared)
+        logp = jax.nn.log_softmax(logits_from_hidden(params, hidden), axis=-1)  # [B, chunk, V]
+        nxt = jax.lax.dynamic_slice_in_dim(following, at, chunk, axis=1)
+        picked = jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
+        return cache, jax.lax.dynamic_update_slice_in_dim(taken, picked, at, axis=1)
+
+    cache = init_cache(cfg, batch, slots, params.dtype)
+    steps = (jnp.max(lengths) - 1 + chunk - 1) // chunk  # positions 0 .. L-2 predict tokens 1 .. L-1
+    _, taken = jax.lax.fori_loop(0, steps, row_step, (cache, jnp.zeros((batch, slots), jnp.float32)))
+    return jnp.concatenate([first[:, None], taken[:, :-1]], axis=1)
+
+
+def token_logprobs(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, sequences: Sequence[np.ndarray],
+                   prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> list[np.ndarray]:
+    """log P(seq[t] | prompt + seq[:t]) for every t of every sequence: [len(seq)] float32 each.
+
+    Batched: up to :data:`MAX_SCORED_ROWS` sequences per device call, sharing the prompt's KV.
+    Shapes are bucketed (rows to a power of two, lengths to three significant bits of chunks), and
+    only the [B, S] taken log-probs reach the host.
+    """
+    prompt = np.asarray(prompt, np.int32).ravel()
+    sequences = [np.asarray(s, np.int32).ravel() for s in sequences]
+    if len(prompt) == 0:
+        raise ConfigError("scoring needs a non-empty prompt")
+    if prefill_chunk < 1 or prefill_chunk & (prefill_chunk - 1):
+        raise ConfigError(f"prefill_chunk must be a power of two, got {prefill_chunk}")
+    out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(sequences)
+    order = [i for i in np.argsort([len(s) for s in sequences], kind="stable") if len(sequences[i])]
+    if not order:
+        return out
+    longest = len(prompt) + max(len(sequences[i]) for i in order)
+    if longest > cfg.max_position_embeddings:
+        raise ConfigError(f"prompt + sequence = {longest} tokens exceeds max_position_embeddings "
+                          f"{cfg.max_position_embeddings}")
+    prompt_chunk = min(prefill_chunk, bucket(len(prompt), 16))
+    size = prompt_chunk * coarse_bucket(-(-len(prompt) // prompt_chunk))
+    padded_prompt = np.zeros(size, np.int32)
+    padded_prompt[size - len(prompt):] = prompt
+    start = jnp.int32(size - len(prompt))
+    for first in range(0, len(order), MAX_SCORED_ROWS):
+        group = order[first: first + MAX_SCORED_ROWS]  # similar lengths together: less padding
+        batch = bucket(len(group))
+        chunk = max(1, min(prefill_chunk, SCORED_POSITIONS // batch))
+        width = max(len(sequences[i]) for i in group)
+        chunk = min(chunk, bucket(width, 8))
+        slots = chunk * coarse_bucket(-(-width // chunk))
+        rows = np.zeros((batch, slots), np.int32)
+        lengths = np.ones(batch, np.int32)
+        for r, i in enumerate(group):
+            rows[r, : len(sequences[i])] = sequences[i]
+            lengths[r] = len(sequences[i])
+        got = np.asarray(_rows_logprobs(params, cfg, jnp.asarray(padded_prompt), start, jnp.asarray(rows),
+                                        jnp.asarray(lengths), prompt_chunk=prompt_chunk, chunk=chunk))
+        for r, i in enumerate(group):
+            out[i] = got[r, : len(sequences[i])]
+    return out

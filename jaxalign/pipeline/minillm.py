@@ -2,7 +2,7 @@
 
 MiniLLM (2.10) weights each on-policy sample at node u by its reward-to-go from u,
 Σ_{t' >= t} (log q(o_t') − log p(o_t')). That needs the student's and the teacher's log-prob of every
-token of the rollout, so it costs one forward pass per rollout and model. The rollouts used are the
+token of the rollout, so it costs a forward pass over every rollout for each model. The rollouts used are the
 initial ones (sampled from the root, so on-policy at every node they pass), minus the paths' own
 rollouts unless ``include_path_rollout``: the same rows the counting rules count. Targeted rollouts
 are not stored, so deep nodes see fewer MiniLLM samples than the other estimators; ``rollout_visits``
@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxalign.engine.scoring import sequence_logprobs
 from jaxalign.tree import RolloutTree
 
 
@@ -37,15 +36,19 @@ def rollouts_through(tree: RolloutTree, nodes_at: dict[int, tuple[int, int]], to
 
 
 def reward_to_go(student, prompt, teachers: Sequence, rows: Sequence[int], tokens: np.ndarray,
-                 lengths: np.ndarray, chunk: int) -> dict[int, np.ndarray]:
-    """{rollout: [T, L] float64}: Σ_{t' >= t} (log q_t − log p)(o_t') for each teacher, t < L = its length."""
+                 lengths: np.ndarray) -> dict[int, np.ndarray]:
+    """{rollout: [T, L] float64}: Σ_{t' >= t} (log q_t − log p)(o_t') for each teacher, t < L = its length.
+
+    tokens: [G, W] int (-1 padded); lengths: [G]. Each model scores all ``rows`` in batched calls
+    (:meth:`~jaxalign.policy.Policy.token_logprobs`), sharing its prompt's KV across them.
+    """
+    rows = [int(r) for r in rows]
+    sequences = [tokens[r, : lengths[r]] for r in rows]
+    logp = student.token_logprobs(prompt, sequences)
+    per_teacher = [t.policy.token_logprobs(t.prompt, sequences) for t in teachers]
     out = {}
-    for r in rows:
-        seq = tokens[r, : lengths[r]]
-        positions = np.arange(len(seq))
-        logp = sequence_logprobs(student.logprob_chunks(prompt, seq, positions, chunk), seq).astype(np.float64)
-        ratios = np.stack([sequence_logprobs(t.policy.logprob_chunks(t.prompt, seq, positions, chunk), seq) - logp
-                           for t in teachers])
+    for i, r in enumerate(rows):
+        ratios = np.stack([scored[i].astype(np.float64) - logp[i].astype(np.float64) for scored in per_teacher])
         out[r] = np.cumsum(ratios[:, ::-1], axis=1)[:, ::-1]
     return out
 

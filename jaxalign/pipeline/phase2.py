@@ -98,7 +98,7 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
                     for path, depths in enumerate(depths_per_path) for d in depths}
         through = rollouts_through(tree, nodes_at, rollouts.tokens, rollouts.lengths, rollouts.counted)
         rows_needed = sorted({r for found in through.values() for r in found})
-        returns = reward_to_go(student, prompt, teachers, rows_needed, rollouts.tokens, rollouts.lengths, chunk)
+        returns = reward_to_go(student, prompt, teachers, rows_needed, rollouts.tokens, rollouts.lengths)
     rows = []
     for path, depths in enumerate(depths_per_path):
         if not depths:
