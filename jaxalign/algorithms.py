@@ -14,15 +14,18 @@ an algorithm may follow it (the built-ins do) or ignore it.
 
 Built-ins: ``gkd`` (2.8), ``gkd_full`` (GKD with the full-vocabulary KL as baseline, compared with
 the renormalised ideal; renormalised convention only), ``single_sample_mc`` (2.9),
-``drgrpo_mc`` (2.4) and ``minillm_mc`` (2.10; needs the teacher reward-to-go of the stored
-rollouts). A user's algorithm is named by its import path, ``algorithms=[gkd,my_pkg.mod.my_algo]``,
-and gets rows like the built-ins. docs/math.md has a worked example (a KL-gated GKD).
+``drgrpo_mc`` (2.4), ``minillm_mc`` (2.10; needs the teacher reward-to-go of the stored
+rollouts) and ``topk_gkd`` (GKD over the student's top-k tokens plus one tail bucket, as TRL, verl
+and SDPO train; k is :func:`jaxalign.pipeline.phase2.score_paths`'s ``topk_k``, default
+:data:`TOPK_GKD_K`; not in :data:`DEFAULT`, name it to get its rows). A user's algorithm is named by
+its import path, ``algorithms=[gkd,my_pkg.mod.my_algo]``, and gets rows like the built-ins. docs/math.md has a worked example (a KL-gated GKD).
 
 Conventions (docs/math.md):
 * ``renormalized`` (default): ideal p̃_j (s_j − Σ p̃ s) with p̃ renormalised over S_u; built-ins
-  renormalise p and q over S_u.
+  renormalise p and q over S_u (top-k GKD: the same buckets over S_u).
 * ``paper``: the paper's literal formulas, restricted to S_u without renormalising: ideal
-  p_j (s_j − P̂_u) with P̂_u the node's own on-policy success rate; GKD −p_j (ℓ_j − KL_full).
+  p_j (s_j − P̂_u) with P̂_u the node's own on-policy success rate; GKD −p_j (ℓ_j − KL_full);
+  top-k GKD −p_j (ℓ_{c(j)} − KL_b) with the vocabulary's buckets.
 """
 
 from __future__ import annotations
@@ -71,6 +74,15 @@ def drgrpo_mc(batch: NodeBatch, convention: str) -> jax.Array:
         batch.p, batch.onp_visits, batch.onp_successes, batch.baseline, batch.in_s, batch.seen)
 
 
+def topk_gkd(batch: NodeBatch, convention: str) -> jax.Array:
+    """Top-k GKD (docs/math.md) from ``in_topk`` and, under ``paper``, the vocabulary's bucket statistics."""
+    if convention == "renormalized":
+        return jax.vmap(functools.partial(G.topk_gkd, restrict="renormalize"))(batch.p, batch.q, batch.in_s,
+                                                                              batch.in_topk)
+    return jax.vmap(functools.partial(G.topk_gkd, restrict="full"))(
+        batch.p, batch.q, batch.in_s, batch.in_topk, tail_log_ratio=batch.tail_log_ratio, kl_bucket=batch.kl_bucket)
+
+
 def minillm_mc(batch: NodeBatch, convention: str) -> jax.Array:
     """MiniLLM (2.10) over the stored rollouts through each node (``rollout_visits``, ``return_sum``)."""
     restrict = _RESTRICT[convention]
@@ -79,10 +91,14 @@ def minillm_mc(batch: NodeBatch, convention: str) -> jax.Array:
 
 
 BUILTIN: dict[str, Algorithm] = {"gkd": gkd, "gkd_full": gkd_full, "single_sample_mc": single_sample_mc,
-                                 "drgrpo_mc": drgrpo_mc, "minillm_mc": minillm_mc}
+                                 "drgrpo_mc": drgrpo_mc, "minillm_mc": minillm_mc, "topk_gkd": topk_gkd}
 DEFAULT = ("gkd", "gkd_full", "single_sample_mc", "drgrpo_mc", "minillm_mc")
 # algorithms that are defined under one convention only
 ONLY_UNDER = {"gkd_full": "renormalized"}
+# built-ins whose inputs are optional NodeBatch fields: left out of a batch that lacks them
+NEEDS = {"minillm_mc": ("return_sum",), "topk_gkd": ("in_topk",)}
+# top-k GKD's k when none is set: the student's 20 most likely tokens plus the tail bucket
+TOPK_GKD_K = 20
 
 
 def resolve(name: str) -> Algorithm:
@@ -121,12 +137,13 @@ def alignments(batch: NodeBatch, names: tuple[str, ...], convention: str) -> dic
     """Cosine with the ideal gradient for each algorithm in ``names`` under ``convention``.
 
     Returns {name: {"cosine": [N] (NaN where not valid), "valid": [N] bool, "grad": [N, K]}}.
-    Algorithms that need inputs the batch lacks (``minillm_mc`` without ``return_sum``) are left out.
+    Built-ins that need inputs the batch lacks (:data:`NEEDS`: ``minillm_mc`` without ``return_sum``,
+    ``topk_gkd`` without ``in_topk``) are left out.
     """
     target = ideal(batch, convention)
     out = {}
     for name in names:
-        if name == "minillm_mc" and batch.return_sum is None:
+        if any(getattr(batch, field) is None for field in NEEDS.get(name, ())):
             continue
         if ONLY_UNDER.get(name, convention) != convention:
             continue

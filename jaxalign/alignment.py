@@ -1,9 +1,10 @@
 """Alignment of distillation gradients with the ideal gradient, over padded node batches.
 
 Pure array math, jit-compiled and vmapped over nodes. The public kernel is
-:func:`node_alignment` (a public interface, docs/design.md); :func:`algorithm_alignment` runs every
-algorithm of :mod:`jaxalign.gradients` on a :class:`NodeBatch`. Aggregates across nodes
-(weighted cosine, mean signal) and the full-vocabulary divergence features live here too.
+:func:`node_alignment` (a public interface, docs/design.md); :class:`NodeBatch` is what
+:func:`jaxalign.algorithms.alignments` runs the registered algorithms on. Aggregates across nodes
+(weighted cosine, mean signal), the full-vocabulary divergence features and the top-k bucket
+statistics (on-device reductions of [N, V] log-softmaxes) live here too.
 
 A cosine is undefined where either gradient is the zero vector (|S_u| < 2, an SR range of 0, or a
 teacher equal to the student on S_u). Such nodes get ``valid=False`` and ``cosine=NaN``; every other
@@ -25,7 +26,6 @@ Array = jax.Array
 # A gradient whose L2 norm is at or below this is treated as zero (float32 round-off level for
 # probabilities >= 1e-6). Documented in docs/math.md.
 ZERO_NORM = 1e-10
-ALGORITHMS = ("gkd", "single_sample", "single_sample_mc", "drgrpo_mc", "minillm_mc", "topk_gkd")
 
 
 def cosine(a: Array, b: Array) -> tuple[Array, Array]:
@@ -91,7 +91,9 @@ class NodeBatch:
     js, l2, cos_pq: [N] float32 full-vocabulary features (for users' algorithms; 0 when absent).
     Optional (algorithm skipped when None): return_sum [N, K] (MiniLLM reward-to-go sums over the
     stored rollouts through the node) with rollout_visits [N, K] (how many took each child);
-    in_topk [N, K] bool, tail_log_ratio [N], kl_bucket [N] (top-k GKD, see topk_bucket_stats).
+    in_topk [N, K] bool (the column's token is among the student's top-k over the vocabulary),
+    tail_log_ratio [N], kl_bucket [N] (top-k GKD, see :func:`bucket_stats`); Phase 2 fills them
+    when ``topk_gkd`` is among the algorithms.
     """
 
     p: Array
@@ -112,42 +114,6 @@ class NodeBatch:
     in_topk: Optional[Array] = None
     tail_log_ratio: Optional[Array] = None
     kl_bucket: Optional[Array] = None
-
-
-def _node_gradients(b: NodeBatch, restrict: str) -> dict[str, Array]:
-    """All algorithms' gradients at one node (fields of ``b`` are per-node slices)."""
-    kl = b.kl_full if restrict == "full" else None
-    out = {
-        "ideal": G.ideal(b.p, b.s, b.in_s),
-        "gkd": G.gkd(b.p, b.q, b.in_s, restrict, kl),
-        "single_sample": G.single_sample_expected(b.p, b.q, b.in_s, restrict, kl),
-        "single_sample_mc": G.single_sample_mc(b.p, b.q, b.onp_visits, b.in_s, b.seen, restrict),
-        "drgrpo_mc": G.drgrpo_mc(b.p, b.onp_visits, b.onp_successes, b.baseline, b.in_s, b.seen, restrict),
-    }
-    if b.return_sum is not None:
-        visits = b.onp_visits if b.rollout_visits is None else b.rollout_visits
-        out["minillm_mc"] = G.minillm_mc(b.p, visits, b.return_sum, b.in_s, b.seen, restrict)
-    if b.in_topk is not None:
-        out["topk_gkd"] = G.topk_gkd(b.p, b.q, b.in_s, b.in_topk, b.tail_log_ratio, b.kl_bucket)
-    return out
-
-
-@functools.partial(jax.jit, static_argnames=("restrict",))
-def algorithm_alignment(batch: NodeBatch, restrict: str = "renormalize") -> dict[str, dict[str, Array]]:
-    """Cosine with the ideal gradient for every algorithm whose inputs are present.
-
-    Returns {algorithm: {"cosine": [N], "valid": [N], "grad": [N, K]}} plus
-    {"ideal": {"grad": [N, K]}} and {"node": {"advantage", "sr_range"}} ([N] each).
-    """
-    grads = jax.vmap(functools.partial(_node_gradients, restrict=restrict))(batch)
-    g_ideal = grads.pop("ideal")
-    result = {"ideal": {"grad": g_ideal}}
-    for name, grad in grads.items():
-        cos, valid = cosine(g_ideal, grad)
-        result[name] = {"cosine": cos, "valid": valid, "grad": grad}
-    base = node_alignment(batch.p, batch.q, batch.s, batch.in_s)
-    result["node"] = {"advantage": base["advantage"], "sr_range": base["sr_range"]}
-    return result
 
 
 def weighted_cosine(cos: Array, weight: Array, valid: Array) -> Array:
@@ -179,16 +145,42 @@ def divergences(logp: Array, logq: Array) -> dict[str, Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
+def student_topk(logp: Array, k: int) -> tuple[Array, Array]:
+    """The student's top-k tokens per row: (ids [N, min(k, V)] int32, mask [N, V] bool).
+
+    logp: [N, V] float32 log-softmax. k >= V takes every token (the tail bucket is then empty).
+    """
+    _, ids = jax.lax.top_k(logp, min(k, logp.shape[-1]))
+    rows = jnp.arange(logp.shape[0])[:, None]
+    mask = jnp.zeros(logp.shape, bool).at[rows, ids].set(True)
+    return ids.astype(jnp.int32), mask
+
+
+@jax.jit
+def bucket_stats(logp: Array, logq: Array, ids: Array, mask: Array) -> dict[str, Array]:
+    """KL over the categories top-k ∪ {tail}, the top-k from :func:`student_topk`.
+
+    logp, logq: [N, V] float32 log-softmax; ids: [N, k] int32 and mask: [N, V] bool, the top-k.
+    Returns tail_log_ratio [N] (log P_tail - log Q_tail, 0 where the tail is empty) and
+    kl_bucket [N] (Σ_topk p ℓ + P_tail · tail_log_ratio). The tails are log-sum-exps over the
+    tokens outside the top-k, not 1 - Σ_topk, so a tail far below float32's 1e-7 keeps its
+    relative precision.
+    """
+    lp, lq = jnp.take_along_axis(logp, ids, -1), jnp.take_along_axis(logq, ids, -1)
+    log_p_tail = jax.nn.logsumexp(jnp.where(mask, -jnp.inf, logp), axis=-1)
+    log_q_tail = jax.nn.logsumexp(jnp.where(mask, -jnp.inf, logq), axis=-1)
+    empty = jnp.all(mask, axis=-1)
+    tail = jnp.where(empty, 0.0, log_p_tail - log_q_tail)  # -inf - -inf where empty: not selected
+    kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1) + jnp.where(empty, 0.0, jnp.exp(log_p_tail) * tail)
+    return {"tail_log_ratio": tail, "kl_bucket": kl}
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
 def topk_bucket_stats(logp: Array, logq: Array, k: int) -> dict[str, Array]:
     """The student's top-k tokens plus one tail bucket, as TRL/verl/SDPO build them.
 
-    logp, logq: [N, V] float32 log-softmax. Returns topk_ids [N, k] int32, tail_log_ratio [N]
-    (log p_tail - log q_tail) and kl_bucket [N] (KL over the k + 1 categories).
+    logp, logq: [N, V] float32 log-softmax. Returns topk_ids [N, min(k, V)] int32, tail_log_ratio [N]
+    and kl_bucket [N] (:func:`bucket_stats`).
     """
-    _, ids = jax.lax.top_k(logp, k)
-    lp, lq = jnp.take_along_axis(logp, ids, -1), jnp.take_along_axis(logq, ids, -1)
-    p_tail = jnp.clip(1.0 - jnp.exp(lp).sum(-1), 1e-30, 1.0)
-    q_tail = jnp.clip(1.0 - jnp.exp(lq).sum(-1), 1e-30, 1.0)
-    tail = jnp.log(p_tail) - jnp.log(q_tail)
-    kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1) + p_tail * tail
-    return {"topk_ids": ids.astype(jnp.int32), "tail_log_ratio": tail, "kl_bucket": kl}
+    ids, mask = student_topk(logp, k)
+    return {"topk_ids": ids, **bucket_stats(logp, logq, ids, mask)}

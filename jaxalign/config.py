@@ -133,6 +133,7 @@ class RunConf:
     algorithms: List[str] = dataclasses.field(
         default_factory=lambda: ["gkd", "gkd_full", "single_sample_mc", "drgrpo_mc", "minillm_mc"])
     conventions: List[str] = dataclasses.field(default_factory=lambda: ["renormalized", "paper"])
+    topk_gkd_k: int = 20  # top-k GKD's k: the student's k likeliest tokens plus one tail bucket (docs/math.md)
     dry_run: bool = False
     # the dry run's throughputs, measured on the device by python -m jaxalign.calibrate (docs/cost.md)
     calibration_file: Optional[str] = None  # null: $JAXALIGN_CALIBRATION, else ~/.cache/jaxalign/calibration.json
@@ -300,6 +301,7 @@ def validate(cfg: RunConf, check_models: bool = True) -> None:
     from jaxalign import algorithms  # imports jax; the names are checked (and users' modules imported) here
 
     algorithms.check(cfg.algorithms, cfg.conventions)
+    check(cfg.topk_gkd_k >= 1, "topk_gkd_k", f"{cfg.topk_gkd_k} must be >= 1 (top-k GKD's k)")
     check(cfg.demo_temperature > 0, "demo_temperature", "must be > 0")
     check(cfg.demo_trials >= 1, "demo_trials", "must be >= 1")
     check(cfg.summary_max_tokens >= 1, "summary_max_tokens", "must be >= 1")

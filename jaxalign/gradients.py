@@ -152,15 +152,30 @@ def minillm_mc(
     return _sampled_estimator(p, return_sum - onp_visits, onp_visits, in_s, seen, restrict)
 
 
-def topk_gkd(p: Array, q: Array, in_s: Array, in_topk: Array, tail_log_ratio: Array, kl_bucket: Array) -> Array:
+def topk_gkd(p: Array, q: Array, in_s: Array, in_topk: Array, restrict: str = "renormalize",
+             tail_log_ratio: Array | None = None, kl_bucket: Array | None = None) -> Array:
     """GKD over the student's top-k tokens plus one tail bucket (TRL/verl/SDPO style), sign flipped.
 
-    With categories C = top-k ∪ {tail}, KL_b = Σ_c P_c log(P_c/Q_c) and for every vocabulary token j
+    With categories C = top-k ∪ {tail}, KL_b = Σ_c P_c log(P_c/Q_c) and for every token j
     dKL_b/dz_j = p_j (ℓ_{c(j)} - KL_b), where c(j) is j's category: its own log-ratio inside the
-    top-k, the bucket's log(p_tail/q_tail) outside. [K] -> [K] on S_u; ``in_topk`` [K] bool,
-    ``tail_log_ratio`` and ``kl_bucket`` scalars computed on the full vocabulary
-    (:func:`jaxalign.alignment.topk_bucket_stats`).
+    top-k, the bucket's log(P_tail/Q_tail) outside. [K] -> [K] on S_u; ``in_topk`` [K] bool marks the
+    columns among the student's top-k over the full vocabulary.
+
+    full: the vocabulary's buckets; ``tail_log_ratio`` and ``kl_bucket`` are scalars computed on the
+    full vocabulary (:func:`jaxalign.alignment.bucket_stats`). renormalize: the same buckets over
+    S_u with p̃, q̃ (S_u ∩ top-k one category each, S_u outside the top-k one tail), so it needs
+    no full-vocabulary statistic. With every column in the top-k both equal :func:`gkd`.
     """
+    if restrict == "renormalize":
+        pt, qt = renormalize(p, in_s), renormalize(q, in_s)
+        tail = in_s & ~in_topk
+        tail_ratio = _safe_log(jnp.sum(jnp.where(tail, pt, 0.0))) - _safe_log(jnp.sum(jnp.where(tail, qt, 0.0)))
+        log_ratio = jnp.where(in_topk, _safe_log(pt) - _safe_log(qt), tail_ratio)
+        return -_centered_on_s(pt, log_ratio, in_s)
+    if restrict != "full":
+        raise ValueError(f"restrict={restrict!r}; expected one of {RESTRICT_MODES}")
+    if tail_log_ratio is None or kl_bucket is None:
+        raise ValueError("restrict='full' needs tail_log_ratio and kl_bucket, the full-vocabulary bucket statistics")
     log_ratio = jnp.where(in_topk, _safe_log(p) - _safe_log(q), tail_log_ratio)
     return -_centered(p, log_ratio, kl_bucket, in_s)
 

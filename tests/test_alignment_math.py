@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxalign import gradients as G
+from jaxalign.algorithms import alignments
 from jaxalign.alignment import (
     NodeBatch,
-    algorithm_alignment,
     divergences,
     mean_signal,
     node_alignment,
@@ -121,6 +121,8 @@ def _samples_from_counts(rng, p_row, s_row, seen, n_samples):
 
 @pytest.mark.parametrize("restrict", ["renormalize", "full"])
 def test_monte_carlo_estimators_match_per_sample_loops(restrict):
+    """The registered algorithms (jaxalign.algorithms.alignments) against per-sample loops; the
+    renormalized convention uses restrict="renormalize", the paper convention restrict="full"."""
     rng = np.random.default_rng(0)
     n, k = 7, 5
     p = rng.dirichlet(np.ones(k + 2), size=n)[:, :k]
@@ -150,8 +152,10 @@ def test_monte_carlo_estimators_match_per_sample_loops(restrict):
         for name in ref:
             ref[name][i] = np.where(in_s[i], ref[name][i] / max(keep.sum(), 1), 0.0)
     batch = NodeBatch(p=p, q=q, s=s, in_s=in_s, seen=seen, kl_full=np.zeros(n), onp_visits=visits,
-                      onp_successes=succ, baseline=baseline, return_sum=ret_sum)
-    out = algorithm_alignment(batch, restrict="full" if restrict == "full" else "renormalize")
+                      onp_successes=succ, baseline=baseline, node_success=rng.uniform(size=n), return_sum=ret_sum,
+                      rollout_visits=visits)
+    convention = "paper" if restrict == "full" else "renormalized"
+    out = alignments(batch, ("single_sample_mc", "drgrpo_mc", "minillm_mc"), convention)
     np.testing.assert_allclose(out["single_sample_mc"]["grad"], ref["ss"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out["drgrpo_mc"]["grad"], ref["gr"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out["minillm_mc"]["grad"], ref["mini"], rtol=1e-4, atol=1e-6)
@@ -180,7 +184,7 @@ def test_topk_gkd_matches_finite_differences_of_the_bucketed_kl():
     columns = np.array([ids[0], ids[2], np.setdiff1d(np.arange(vocab), ids)[0], np.setdiff1d(np.arange(vocab), ids)[3]])
     in_topk = np.isin(columns, ids)
     got = G.topk_gkd(jnp.exp(logp[columns]), jnp.exp(logq[columns]), jnp.ones(4, bool), jnp.asarray(in_topk),
-                     stats["tail_log_ratio"][0], stats["kl_bucket"][0])
+                     "full", tail_log_ratio=stats["tail_log_ratio"][0], kl_bucket=stats["kl_bucket"][0])
     np.testing.assert_allclose(np.asarray(got), -fd[columns], rtol=1e-3, atol=1e-6)
 
 
@@ -270,8 +274,6 @@ def test_bad_restrict_is_rejected():
 def test_a_two_child_node_gives_plus_or_minus_one_under_every_zero_sum_convention():
     """|S_u| = 2: zero-sum vectors in two dimensions are ±(1, -1), so renormalised cosines are a sign test;
     the paper convention's ideal p_j (s_j - P̂_u) is not zero-sum and grades."""
-    from jaxalign.algorithms import alignments
-
     rng = np.random.default_rng(11)
     n, k = 64, 4
     p = rng.dirichlet(np.ones(8), size=n)[:, :k]
@@ -294,9 +296,8 @@ def test_a_two_child_node_gives_plus_or_minus_one_under_every_zero_sum_conventio
 def test_paper_convention_gradients_and_cosines_equal_numpy():
     """The paper-literal convention (jaxalign.algorithms): ideal p_j (s_j - P̂_u) and GKD
     -p_j (log p_j - log q_j - KL_full), both on S_u and not renormalised, against plain NumPy; the
-    renormalised convention equals the already-tested algorithm_alignment."""
-    from jaxalign.algorithms import alignments
-
+    renormalised convention's GKD equals node_alignment, the kernel tested against the Jacobian
+    reference above."""
     rng = np.random.default_rng(12)
     n, k = 32, 6
     p = rng.dirichlet(np.ones(20), size=n)[:, :k]
@@ -316,9 +317,7 @@ def test_paper_convention_gradients_and_cosines_equal_numpy():
     want = (ideal * gkd).sum(1) / (np.linalg.norm(ideal, axis=1) * np.linalg.norm(gkd, axis=1))
     np.testing.assert_allclose(np.asarray(got["cosine"]), want, rtol=1e-4, atol=1e-5)
 
-    names = ("gkd", "single_sample_mc", "drgrpo_mc")
-    renorm = alignments(batch, names, "renormalized")
-    reference = algorithm_alignment(batch, restrict="renormalize")
-    for name in names:
-        np.testing.assert_allclose(np.asarray(renorm[name]["cosine"]), np.asarray(reference[name]["cosine"]),
-                                   rtol=1e-5, atol=1e-6)
+    renorm = alignments(batch, ("gkd",), "renormalized")["gkd"]
+    reference = node_alignment(p, q, s, in_s)
+    np.testing.assert_allclose(np.asarray(renorm["grad"]), np.asarray(reference["g_distill"]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(renorm["cosine"]), np.asarray(reference["cosine"]), rtol=1e-5, atol=1e-6)

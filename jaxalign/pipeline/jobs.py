@@ -40,7 +40,8 @@ def pipeline_config(cfg: C.RunConf) -> PipelineConfig:
     return PipelineConfig(
         num_initial=b.num_initial, max_response_tokens=b.max_response_tokens, batch_rollouts=b.batch_rollouts,
         include_path_rollout=cfg.include_path_rollout, count_ancestors=cfg.count_ancestors, seed=cfg.seed,
-        algorithms=tuple(cfg.algorithms), conventions=tuple(cfg.conventions), enrich=enrich_config(b),
+        algorithms=tuple(cfg.algorithms), conventions=tuple(cfg.conventions), topk_gkd_k=cfg.topk_gkd_k,
+        enrich=enrich_config(b),
     )
 
 

@@ -3,7 +3,9 @@
 For each path, the student and each teacher are run once over it; only the decision nodes'
 positions are projected onto the vocabulary, a chunk at a time, and reduced on the device to the
 [M, K] gathers at the nodes' children plus the per-node divergences (KL, JS, L2, cos)
-(:func:`jaxalign.engine.scoring.compare`). :func:`jaxalign.algorithms.alignments` then gives one
+(:func:`jaxalign.engine.scoring.compare`); with ``topk_gkd`` asked for, the same device call also
+reduces each chunk to top-k GKD's bucket statistics (:func:`compare_topk`), the student's top-k
+found once per chunk and shared by the teachers. :func:`jaxalign.algorithms.alignments` then gives one
 row per (path, node, teacher, convention, algorithm). :data:`ROW_SCHEMA` is the one definition of those rows: the
 Parquet writer and the report both read it.
 """
@@ -14,12 +16,15 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.algorithms import CONVENTIONS, DEFAULT as DEFAULT_ALGORITHMS, alignments
-from jaxalign.alignment import NodeBatch, node_alignment
+from jaxalign.algorithms import CONVENTIONS, DEFAULT as DEFAULT_ALGORITHMS, TOPK_GKD_K, alignments
+from jaxalign.alignment import NodeBatch, bucket_stats, node_alignment, student_topk
 from jaxalign.engine.sampling import bucket
 from jaxalign.engine.scoring import compare
+from jaxalign.errors import ConfigError
 from jaxalign.pipeline.minillm import minillm_inputs, reward_to_go, rollouts_through
 from jaxalign.tree import RolloutTree
 
@@ -55,11 +60,35 @@ def decision_depths(tree: RolloutTree, n_sig: int) -> list[list[int]]:
             for path in range(tree.num_paths)]
 
 
+@jax.jit
+def compare_topk(logp: jax.Array, logq: jax.Array, ids: jax.Array, top_ids: jax.Array,
+                 top_mask: jax.Array) -> dict[str, jax.Array]:
+    """:func:`jaxalign.engine.scoring.compare` plus top-k GKD's statistics, in one device call.
+
+    logp, logq: [M, V] float32 log-softmax; ids: [M, K] int token ids to gather; top_ids [M, k] int32
+    and top_mask [M, V] bool: the student's top-k (:func:`jaxalign.alignment.student_topk`).
+    Returns compare's p_at, q_at [M, K] and kl, js, l2, cos [M], plus in_topk [M, K] bool (``ids``
+    among the top-k), tail_log_ratio and kl_bucket [M] float32. Nothing of size V leaves the device.
+    """
+    out = compare(logp, logq, ids)
+    out.update(bucket_stats(logp, logq, top_ids, top_mask))
+    out["in_topk"] = jnp.take_along_axis(top_mask, jnp.maximum(ids, 0), axis=-1)
+    return out
+
+
+def _host(value) -> np.ndarray:
+    """A device result on the host: bool stays bool, numbers become float64."""
+    value = np.asarray(value)
+    return value if value.dtype == bool else value.astype(np.float64)
+
+
 def _gathers(student, prompt, teachers: Sequence, response: np.ndarray, depths: list[int], ids: np.ndarray,
-             chunk: int) -> list[dict[str, np.ndarray]]:
+             chunk: int, topk_k: Optional[int] = None) -> list[dict[str, np.ndarray]]:
     """Per teacher: p_at, q_at [M, K] and kl, js, l2, cos [M] at the M decision depths (float64).
 
-    ids: [M, K] token ids to gather. The student's chunks are computed once and shared.
+    ids: [M, K] token ids to gather. The student's chunks are computed once and shared. With
+    ``topk_k``, also in_topk [M, K] bool, tail_log_ratio and kl_bucket [M] (:func:`compare_topk`),
+    the student's top-k computed once per chunk.
     """
     positions = np.asarray(depths, np.int64)
     streams = [student.logprob_chunks(prompt, response, positions, chunk)]
@@ -69,16 +98,17 @@ def _gathers(student, prompt, teachers: Sequence, response: np.ndarray, depths: 
         rows = min(chunk, len(positions) - first)
         chunk_ids = np.zeros((chunk, ids.shape[1]), ids.dtype)
         chunk_ids[:rows] = ids[first: first + rows]
+        top = None if topk_k is None else student_topk(logp, topk_k)
         for t, logq in enumerate(logqs):
-            out = compare(logp, logq, chunk_ids)
-            pieces[t].append({k: np.asarray(v, np.float64)[:rows] for k, v in out.items()})
+            out = compare(logp, logq, chunk_ids) if top is None else compare_topk(logp, logq, chunk_ids, *top)
+            pieces[t].append({k: _host(v)[:rows] for k, v in out.items()})
     return [{k: np.concatenate([piece[k] for piece in per]) for k in per[0]} for per in pieces]
 
 
 def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teachers: Sequence, n_sig: int,
                 pass_rate: float, chunk: int, algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
                 conventions: Sequence[str] = CONVENTIONS, rollouts: Optional[Rollouts] = None,
-                children: Optional[list] = None) -> list[dict]:
+                children: Optional[list] = None, topk_k: int = TOPK_GKD_K) -> list[dict]:
     """One row per (path, decision node, teacher, convention, algorithm), columns of :data:`ROW_SCHEMA`.
 
     ``children``, when given a list, receives one row per (path, decision node, teacher, child seen)
@@ -86,10 +116,14 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
 
     teachers: objects with ``.name``, ``.policy`` and ``.prompt``; pass_rate: the question's R̄
     (Dr. GRPO's group mean). ``rollouts`` (the stored initial rollouts) enables ``minillm_mc``.
+    ``topk_k`` is top-k GKD's k (used only when ``topk_gkd`` is among ``algorithms``).
     Node batches are padded to [bucket(M), bucket(K)] so the jitted kernels compile per bucket,
     not per path.
     """
     names = tuple(algorithms)
+    wants_topk = "topk_gkd" in names
+    if wants_topk and topk_k < 1:
+        raise ConfigError(f"topk_gkd_k: {topk_k} must be >= 1 (the student's top-k tokens of top-k GKD)")
     depths_per_path = decision_depths(tree, n_sig)
     wants_minillm = "minillm_mc" in names and rollouts is not None and len(teachers) > 0
     through, returns = {}, {}
@@ -117,14 +151,16 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
         if wants_minillm:
             return_sum, visits = minillm_inputs(tree, nodes, table.tokens, depths, path, through, returns,
                                                 rollouts.tokens, len(teachers))
-        gathered = _gathers(student, prompt, teachers, response, padded, ids, chunk)
+        gathered = _gathers(student, prompt, teachers, response, padded, ids, chunk, topk_k if wants_topk else None)
         for t, (teacher, cmp) in enumerate(zip(teachers, gathered)):
             batch = NodeBatch(p=cmp["p_at"], q=cmp["q_at"], s=table.s, in_s=table.in_s, seen=table.seen,
                               kl_full=cmp["kl"], onp_visits=table.onp_visits.astype(np.float64),
                               onp_successes=table.onp_successes.astype(np.float64),
                               baseline=np.full(len(nodes), pass_rate), node_success=node_success,
                               js=cmp["js"], l2=cmp["l2"], cos_pq=cmp["cos"],
-                              return_sum=None if return_sum is None else return_sum[t], rollout_visits=visits)
+                              return_sum=None if return_sum is None else return_sum[t], rollout_visits=visits,
+                              in_topk=cmp["in_topk"] & table.seen if wants_topk else None,
+                              tail_log_ratio=cmp.get("tail_log_ratio"), kl_bucket=cmp.get("kl_bucket"))
             node = node_alignment(cmp["p_at"], cmp["q_at"], table.s, table.in_s)  # advantage, SR range
             if children is not None:
                 for i, d in enumerate(depths):

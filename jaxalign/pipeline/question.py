@@ -65,6 +65,7 @@ class PipelineConfig:
     score_chunk: int = DEFAULT_SCORE_CHUNK  # positions projected onto the vocabulary at a time
     algorithms: tuple[str, ...] = algos.DEFAULT  # built-in names or import paths (jaxalign.algorithms)
     conventions: tuple[str, ...] = algos.CONVENTIONS
+    topk_gkd_k: int = algos.TOPK_GKD_K  # top-k GKD's k (used only when topk_gkd is among the algorithms)
     enrich: EnrichConfig = EnrichConfig()
 
     def __post_init__(self):
@@ -313,7 +314,7 @@ class QuestionRun:
         rows = [] if st.skip_reason else score_paths(
             self.qid, st.tree, self.student, self.prompt, self.teachers, self.cfg.enrich.n_sig,
             float(st.init_success.mean()), self.cfg.score_chunk, self.cfg.algorithms, self.cfg.conventions,
-            self._stored_rollouts(), children)
+            self._stored_rollouts(), children, topk_k=self.cfg.topk_gkd_k)
         self.timings["total_s"] = round(time.time() - start, 3)
         self.ckpt.close()
         for stale in (parquet, summary_path, tree_path, children_path, manifest_path(base)):
