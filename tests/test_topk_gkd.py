@@ -228,3 +228,29 @@ def test_a_k_below_one_is_a_config_error(exact_question):
         cfg = C.from_omegaconf(compose(config_name="config", overrides=["+experiment=exact", "topk_gkd_k=0"]))
     with pytest.raises(ConfigError, match="topk_gkd_k"):
         C.validate(cfg)
+
+
+def test_the_run_setting_reaches_the_rows(tmp_path):
+    """algorithms=[gkd,topk_gkd] with topk_gkd_k >= V: the run's top-k GKD rows are its GKD rows;
+    with k = 1 they are not."""
+    import pyarrow.parquet as pq
+
+    from tests.test_run import composed
+    from jaxalign.run import execute
+
+    def rows(k, where):
+        execute(composed("+experiment=exact", "dataset.num_questions=1", "algorithms=[gkd,topk_gkd]",
+                         f"topk_gkd_k={k}"), where)
+        cosines = {"gkd": {}, "topk_gkd": {}}
+        for path in sorted(p for p in (where / "questions").glob("*.parquet") if ".children." not in p.name):
+            for r in pq.read_table(path).to_pylist():
+                if r["valid"]:
+                    cosines[r["algorithm"]][(r["qid"], r["path"], r["depth"], r["teacher"], r["convention"])] = r["cosine"]
+        keys = sorted(cosines["gkd"])
+        assert keys and sorted(cosines["topk_gkd"]) == keys
+        return np.array([cosines["gkd"][k] for k in keys]), np.array([cosines["topk_gkd"][k] for k in keys])
+
+    gkd, topk = rows(1000, tmp_path / "wide")
+    np.testing.assert_allclose(topk, gkd, atol=1e-6)
+    gkd, topk = rows(1, tmp_path / "narrow")
+    assert np.abs(topk - gkd).max() > 1e-3
