@@ -13,6 +13,7 @@ they share. Whichever shard finds every record present merges them: run.json and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,6 +47,24 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
+_NO_DEFAULT = object()
+
+
+def _default(key: str):
+    """The schema's default of a flattened setting ('budget.n_min', 'teachers.NAME.mesh.data'), or a
+    sentinel that equals nothing when the key has none."""
+    from jaxalign.config import RunConf, TeacherConf
+
+    parts = key.split(".")
+    cls: type = RunConf
+    if parts[0] == "teachers" and len(parts) > 2:
+        cls, parts = TeacherConf, parts[2:]
+    value = cls()
+    for part in parts:
+        value = getattr(value, part, _NO_DEFAULT) if dataclasses.is_dataclass(value) else _NO_DEFAULT
+    return _NO_DEFAULT if dataclasses.is_dataclass(value) else value
+
+
 def claim(run_dir: Path, resolved: dict) -> None:
     """Pins ``run_dir`` to this config, or raises ConfigError if it holds another config's results."""
     mine = result_config(resolved)
@@ -57,9 +76,11 @@ def claim(run_dir: Path, resolved: dict) -> None:
             raise ConfigError(f"{path} is damaged ({err}); it pins the directory to its config. If you know this "
                               "directory's results came from this command, delete config.json (the next run "
                               "rewrites it); otherwise pass hydra.run.dir=NEW_DIR") from err
-        if theirs != mine:
-            a, b = _flatten(theirs), _flatten(mine)
-            keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        a, b = _flatten(theirs), _flatten(mine)
+        # a setting added since that directory was pinned, at its default, leaves results unchanged
+        keys = sorted(k for k in a.keys() | b.keys()
+                      if a.get(k) != b.get(k) and not (k not in a and _default(k) == b[k]))
+        if keys:
             shown = ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys[:6])
             raise ConfigError(f"{run_dir} holds results of another config ({shown}"
                               f"{', ...' if len(keys) > 6 else ''}); pass hydra.run.dir=NEW_DIR (or "
