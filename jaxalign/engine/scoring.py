@@ -272,8 +272,8 @@ def token_logprobs(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, se
     """log P(seq[t] | prompt + seq[:t]) for every t of every sequence: [len(seq)] float32 each.
 
     Batched: up to :data:`MAX_SCORED_ROWS` sequences per device call, sharing the prompt's KV.
-    Shapes are bucketed (rows to a power of two, lengths to three significant bits of chunks), and
-    only the [B, S] taken log-probs reach the host.
+    Shapes are bucketed (rows and sequence slots to powers of two, the prompt to three significant
+    bits of chunks), and only the [B, S] taken log-probs reach the host.
     """
     prompt = np.asarray(prompt, np.int32).ravel()
     sequences = [np.asarray(s, np.int32).ravel() for s in sequences]
@@ -300,7 +300,7 @@ def token_logprobs(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, se
         chunk = max(1, min(prefill_chunk, SCORED_POSITIONS // batch))
         width = max(len(sequences[i]) for i in group)
         chunk = min(chunk, bucket(width, 8))
-        slots = chunk * coarse_bucket(-(-width // chunk))
+        slots = bucket(width, chunk)  # the loop stops at the longest row, so a wider cache only costs memory
         rows = np.zeros((batch, slots), np.int32)
         lengths = np.ones(batch, np.int32)
         for r, i in enumerate(group):
