@@ -422,23 +422,120 @@ def compile_work(plan: QuestionPlan, models: RunModels, lengths: Lengths) -> lis
     return out
 
 
-def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes: Optional[float]) -> dict:
-    """Bytes per model (weights + its largest KV cache at the run's lengths), the job's peak, GPUs per job."""
-    widest = max(plan.calls, key=lambda c: c.rows * (c.new_slots + c.prefix_slots))
-    rows = []
+def _split(n: int, ways: int) -> int:
+    """``n`` items over ``ways`` devices: the most one device holds."""
+    return -(-n // ways)
+
+
+def kv_split(s: Shape, model: int) -> int:
+    """Ways the kv heads are split on a ``model``-way tensor-parallel mesh: ``model`` when it
+    divides them, else 1 (replicated; :func:`jaxalign.models.sharding.rules_for`)."""
+    return model if s.kv_heads % model == 0 else 1
+
+
+def weight_bytes_per_device(s: Shape, model: int = 1) -> int:
+    """Bytes of one device's share of the weights on a ``model``-way mesh, laid out as
+    :func:`jaxalign.models.sharding.param_axes` places them: query heads N, the MLP hidden F and the
+    vocabulary V split; kv heads K as :func:`kv_split`; norms (D, H) and the output bias replicated.
+    ``model=1`` gives ``s.weight_bytes``."""
+    d, n, k, h, f = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate
+    kv = kv_split(s, model)
+    layer = (_split(d * n * h, model) + 2 * _split(d * k * h, kv) + _split(n * h * d, model)
+             + 3 * _split(d * f, model) + 2 * d + 2 * h)
+    if s.bias:
+        layer += _split(n * h, model) + 2 * _split(k * h, kv) + d
+    embed = _split(s.vocab * d, model) * (1 if s.tied else 2)
+    return (s.layers * layer + embed + d) * s.itemsize
+
+
+def kv_slot_bytes_per_device(s: Shape, model: int = 1) -> int:
+    """KV-cache bytes of one token slot of one row on one device (all layers, keys and values)."""
+    return s.layers * 2 * _split(s.kv_heads, kv_split(s, model)) * s.head_dim * s.itemsize
+
+
+def sampler_cache_bytes(s: Shape, rows: int, new_slots: int, prefixes: int, prefix_slots: int,
+                        data: int = 1, model: int = 1) -> int:
+    """One device's bytes of a forked sampler call (:func:`jaxalign.engine.sampling._sample_forked`):
+    the rows' own caches [rows, K, new_slots, H] (rows over ``data``), each prefix's shared cache
+    [prefixes, K, prefix_slots, H] (replicated over ``data``), both per layer for keys and values,
+    kv heads as :func:`kv_split`; and three float32 [rows, V] arrays of logits, noise and draws
+    (rows over ``data``, V over ``model``)."""
+    slot = kv_slot_bytes_per_device(s, model)
+    own = _split(rows, data)
+    return (own * new_slots + prefixes * prefix_slots) * slot + 3 * own * _split(s.vocab, model) * 4
+
+
+def scoring_cache_bytes(s: Shape, tokens: int, model: int = 1) -> int:
+    """One device's bytes of a scored path of ``tokens`` tokens (:func:`jaxalign.engine.scoring.path_hidden`,
+    one row, not split over ``data``): its KV cache and hidden states [slots, D] at the chunked
+    prefill's slots, and four float32 [positions, V] arrays of a projection chunk (V over ``model``)."""
+    _, slots = cal.prefill_layout(tokens, DEFAULT_PREFILL_CHUNK)
+    return (slots * (kv_slot_bytes_per_device(s, model) + s.hidden * s.itemsize)
+            + 4 * SCORE_CHUNK_POSITIONS * _split(s.vocab, model) * 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMemory:
+    """One model's bytes on one device of its (data, model) mesh: its weights, its largest KV cache
+    (``cache``: 'sampler' or 'scoring', of ``cache_size``: rows x slots, or tokens) and the whole weights."""
+
+    id: str
+    weights: int
+    weights_per_device: int
+    cache_bytes: int
+    cache: str
+    cache_size: str
+    mesh: tuple[int, int]
+
+
+def widest_call(plan: QuestionPlan, s: Shape, data: int = 1, model: int = 1) -> SamplerCall:
+    """The plan's sampler call whose caches take the most bytes on one device (:func:`sampler_cache_bytes`)."""
+    return max(plan.calls, key=lambda c: sampler_cache_bytes(s, c.rows, c.new_slots, c.prefixes, c.prefix_slots,
+                                                             data, model))
+
+
+def model_memory(plan: QuestionPlan, models: RunModels, lengths: Lengths,
+                 meshes: Optional[dict] = None) -> list[ModelMemory]:
+    """Per distinct model (student first): weights and its largest KV cache on one device. The student
+    samples (:func:`sampler_cache_bytes` of the plan's widest call) and is scored; every model scores
+    its longest path (:func:`scoring_cache_bytes`: its longest prompt, a self teacher's with its
+    demonstrations, plus the longest response). ``meshes``: model id -> (data, model), default (1, 1)."""
+    out = []
     for model in models.distinct():
         s = model.shape
+        data, tp = (meshes or {}).get(model.id, (1, 1))
         longest_prompt = max([lengths.prompt] + [lengths.prompt + t.demonstrations * lengths.response
                                                  for t in models.teachers if t.model.id == model.id])
-        _, slots = cal.prefill_layout(longest_prompt + lengths.longest, DEFAULT_PREFILL_CHUNK)
-        scoring = slots * (s.kv_bytes_per_slot + s.hidden * s.itemsize) + 4 * SCORE_CHUNK_POSITIONS * s.vocab * 4
-        kv = scoring
+        tokens = longest_prompt + lengths.longest
+        cache, kind, size = scoring_cache_bytes(s, tokens, tp), "scoring", f"{tokens} tokens"
         if model is models.student:
-            decode = (widest.rows * widest.new_slots + widest.prefixes * widest.prefix_slots) * s.kv_bytes_per_slot
-            kv = max(scoring, decode + 3 * widest.rows * s.vocab * 4)
-        rows.append({"id": model.id, "weights_gb": s.weight_bytes / 1e9, "kv_cache_gb": kv / 1e9,
-                     "shape": s.key, "source": model.source})
-    peak = sum(r["weights_gb"] for r in rows) + max(r["kv_cache_gb"] for r in rows)
+            widest = widest_call(plan, s, data, tp)
+            decode = sampler_cache_bytes(s, widest.rows, widest.new_slots, widest.prefixes, widest.prefix_slots,
+                                         data, tp)
+            if decode > cache:
+                cache, kind = decode, "sampler"
+                size = (f"{widest.rows} rows x {widest.new_slots} slots + {widest.prefixes} prefixes x "
+                        f"{widest.prefix_slots} slots")
+        out.append(ModelMemory(model.id, s.weight_bytes, weight_bytes_per_device(s, tp), cache, kind, size,
+                               (data, tp)))
+    return out
+
+
+def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes: Optional[float],
+           meshes: Optional[dict] = None) -> dict:
+    """Bytes per model (weights + its largest KV cache at the run's lengths), the job's peak, GPUs per job.
+
+    Without ``meshes`` (model id -> (data, model)) every model is on one device. With them, weights
+    and caches are counted per device as the sharding places them, and the peak is that of the
+    first device, which every mesh includes: all the weights' shares plus the largest cache."""
+    parts = model_memory(plan, models, lengths, meshes)
+    rows = [{"id": m.id, "weights_gb": m.weights / 1e9, "weights_per_device_gb": m.weights_per_device / 1e9,
+             "kv_cache_gb": m.cache_bytes / 1e9, "kv_cache": m.cache, "kv_cache_size": m.cache_size,
+             "mesh": {"data": m.mesh[0], "model": m.mesh[1]}, "shape": u.shape.key, "source": u.source}
+            for m, u in zip(parts, models.distinct())]
+    peak = (sum(m.weights_per_device for m in parts) + max(m.cache_bytes for m in parts)) / 1e9
+    student = (meshes or {}).get(models.student.id, (1, 1))
+    widest = widest_call(plan, models.student.shape, *student)
     out = {"models": rows, "peak_gb": peak,
            "decode_cache": {"rows": widest.rows, "new_slots": widest.new_slots, "prefixes": widest.prefixes,
                             "prefix_slots": widest.prefix_slots}}

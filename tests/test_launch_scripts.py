@@ -129,3 +129,70 @@ def test_real_sweep_dry_run_finds_the_real_venv_without_activation(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('\n "rollouts_per_question": ') == 2, result.stdout[-3000:]  # one json per run
+
+
+# ---------------------------------------------------------------- the GPUs a sweep's meshes need
+
+
+def _gpu_counting(path: Path, log: Path, prints: str = "", status: int = 0) -> Path:
+    """A stand-in Python with jaxalign whose GPU-count helper (the sweep_devices_main call) prints
+    ``prints`` and exits ``status``; other commands are logged as _interpreter logs them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "{path} $*" >> "{log}"\n'
+                    f'case "$*" in *sweep_devices_main*) printf "{prints}"; exit {status};; esac\nexit 0\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_slurm_jobs_ask_for_the_gpus_the_meshes_need(repo):
+    venv = _gpu_counting(repo["root"] / ".venv" / "bin" / "python", repo["log"], prints="4\\n")
+    result = _sweep(repo, "--slurm", "gpu", "--", "student.mesh={data: 2, model: 2}", "seed=0,1")
+    assert result.returncode == 0, result.stderr
+    helper = [c for c in _calls(repo) if "sweep_devices_main" in c]
+    assert helper and helper[0].endswith("student.mesh={data: 2, model: 2} seed=0,1")  # the OVERRIDEs, as given
+    assert _launched(repo, venv) == ["-m jaxalign.run -m hydra.sweep.dir=multirun/config hydra/launcher=slurm "
+                                     "hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=4 "
+                                     "student.mesh={data: 2, model: 2} seed=0,1"]
+
+
+def test_no_mesh_leaves_the_launchers_gpu_count_and_a_bad_mesh_submits_nothing(repo):
+    venv = _gpu_counting(repo["root"] / ".venv" / "bin" / "python", repo["log"])  # prints nothing: no mesh
+    assert _sweep(repo, "--local", "--", "seed=0").returncode == 0
+    assert _launched(repo, venv) == ["-m jaxalign.run -m hydra.sweep.dir=multirun/config "
+                                     "hydra/launcher=submitit_local seed=0"]
+    repo["log"].write_text("")
+    _gpu_counting(repo["root"] / ".venv" / "bin" / "python", repo["log"], status=2)
+    result = _sweep(repo, "--slurm", "gpu", "--", "student.mesh.model=0")
+    assert result.returncode == 2 and _launched(repo, venv) == []
+    assert _sweep(repo, "--dry-run", "--", "seed=0").returncode == 0  # a dry run asks nothing
+    assert not [c for c in _calls(repo) if "sweep_devices_main" in c and "seed=0" in c]
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="no .venv in this checkout")
+def test_the_real_gpu_count_of_a_sweep(repo, tmp_path):
+    """sweep.sh's helper on the real interpreter: the composed configs of every job; the largest
+    data x model of a fixed mesh; nothing for data=-1; a bad mesh named before anything is submitted."""
+    real = ROOT / ".venv" / "bin" / "python"
+    wrapper = repo["root"] / ".venv" / "bin" / "python"
+    wrapper.parent.mkdir(parents=True)
+    # checks and the helper run on the real Python; the launch is only logged
+    wrapper.write_text(f'#!/bin/sh\ncase "$1" in -P|-c) exec "{real}" "$@";; esac\n'
+                       f'echo "{wrapper} $*" >> "{repo["log"]}"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    env = {**repo["env"], "JAX_PLATFORMS": "cpu"}
+
+    def launch(*overrides):
+        repo["log"].write_text("")
+        result = subprocess.run([str(repo["root"] / "launch" / "sweep.sh"), "--slurm", "gpu", "--", *overrides],
+                                cwd=repo["root"], env=env, capture_output=True, text=True, timeout=120)
+        return result, _launched(repo, wrapper)
+
+    result, launched = launch("student.mesh.data=2,4", "+teachers.toy-teacher.mesh={data: 1, model: 1}",
+                              "hydra.launcher.timeout_min=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=4 student.mesh.data=2,4" in launched[0]
+    result, launched = launch("student.mesh={data: -1, model: 1}", "hydra.launcher.gpus_per_node=8")
+    assert result.returncode == 0 and launched[0].count("gpus_per_node") == 1, (result.stderr, launched)
+    result, launched = launch("student.mesh.data=2", "+teachers.toy-teacher.mesh={data: 1, model: 4}")
+    assert result.returncode == 2 and launched == []
+    assert "the meshes span different numbers of devices" in result.stderr

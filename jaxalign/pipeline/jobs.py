@@ -196,23 +196,25 @@ class _Setup:
         return out
 
 
-def _setup(cfg: C.RunConf, task: Task, cache_root: Path, teachers: dict, externals: bool) -> _Setup:
-    """Sizes and checks the models (no weights load yet) and sets up the contexts of ``teachers``."""
+def _setup(cfg: C.RunConf, task: Task, cache_root: Path, teachers: dict, externals: bool,
+           questions: Sequence[Question] = ()) -> _Setup:
+    """Sizes and checks the models (no weights load yet; the KV caches at the longest prompt of
+    ``questions``), places each on its mesh when it loads, and sets up the contexts of ``teachers``."""
     from jaxalign.pipeline.models import JobModels
     from jaxalign.teachers.prepass import Contexts
 
-    models = JobModels(cfg, model_roles(cfg, externals), cfg.student.path)
+    system = cfg.dataset.system if cfg.dataset.system is not None else task.system
+    models = JobModels(cfg, model_roles(cfg, externals), cfg.student.path, [q.user for q in questions], system)
     grade = task_grade(task)
     contexts = Contexts(teachers, cfg.student.path, grade, cache_root, context_settings(cfg),
                         lambda qid, *path: question_key(cfg.seed, qid, *path))
-    system = cfg.dataset.system if cfg.dataset.system is not None else task.system
     return _Setup(task, models, contexts, system, grade)
 
 
 def flax_job(cfg: C.RunConf, run_dir: Path, stop) -> Job:
     task = load_task(cfg)
     questions = select_questions(task, cfg.dataset)  # a bad questions_file fails before any model is sized
-    setup = _setup(cfg, task, context_cache_root(cfg, run_dir), cfg.teachers, externals=True)
+    setup = _setup(cfg, task, context_cache_root(cfg, run_dir), cfg.teachers, externals=True, questions=questions)
     pcfg = pipeline_config(cfg)
 
     def prepare(shard: list) -> None:
@@ -264,7 +266,7 @@ def screen(cfg: C.RunConf, out_dir: Path, stop) -> dict:
         log.info("screening the self-distillation contexts only; not screened: %s", ", ".join(skipped))
     task = load_task(cfg)
     questions = list(task.questions(cfg.dataset.num_questions, cfg.dataset.seed))
-    setup = _setup(cfg, task, context_cache_root(cfg, out_dir), contexts_conf, externals=False)
+    setup = _setup(cfg, task, context_cache_root(cfg, out_dir), contexts_conf, externals=False, questions=questions)
     setup.prepare(questions, stop)
     student = setup.models.policy(setup.student_id)
 

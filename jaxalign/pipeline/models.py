@@ -5,12 +5,22 @@ teachers (needed through Phase 1 and 2), and context models that only write demo
 summaries (Qwen3-32B in the paper). Context models run in a pre-pass and are freed before Phase 1,
 so the job's memory peak is the larger of
 
-  pre-pass:  the student + the largest context model (one at a time)
-  main:      the student + every external teacher
+  pre-pass:  the student + the largest context model (one at a time), and the pre-pass's sampler cache
+  main:      the student + every external teacher, and the largest KV cache of the main phase
+
+Each model is loaded onto its (data, model) mesh (``student.mesh``, ``teachers.NAME.mesh``;
+context models use the student's), tensor by tensor (:func:`jaxalign.models.sharding.placement`).
+A mesh of one device is no mesh: the model loads as it always did.
 
 Before anything loads, each model is logged with its bytes, computed from its config.json (the
 tensor shapes of the Qwen3 name table, at the student's dtype; no weights are read), and the job
-refuses to start when a peak exceeds :data:`WEIGHT_SHARE` of the device memory. The device memory
+refuses to start when a phase's peak on one device exceeds :data:`WEIGHT_SHARE` of the device
+memory. The peak is on the first device, which every mesh includes: each resident model's share of
+its weights on its mesh, plus the phase's largest KV cache on one device. The main phase's caches
+are priced by :func:`jaxalign.cost.model_memory` (the student's widest sampler call at
+``budget.max_response_tokens`` and the job's longest prompt; every model's longest scored path),
+the pre-pass's by :func:`jaxalign.cost.sampler_cache_bytes` (demonstrations, ``batch`` rows at a
+time; a summary, one row after up to two demonstrations). The device memory
 is ``device_memory_gb`` if set, else ``jax.devices()[0].memory_stats()["bytes_limit"]``; a device
 without memory stats (the CPU) is not checked unless ``device_memory_gb`` is set.
 
@@ -26,7 +36,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +46,9 @@ from jaxalign.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SHARE = 0.9  # of the device memory; the rest is for KV caches and activations
+WEIGHT_SHARE = 0.9  # of the device memory: weights and KV caches; the rest is for activations
+MAIN_PHASE = "main phase (student and external teachers)"
+PRE_PASS = "pre-pass (student and context model)"
 STANDIN_MARKER = "standin.json"
 EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")  # as Qwen3
 
@@ -44,17 +56,37 @@ EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")  # as Qwen3
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A model the job will load: ``id`` as configured, its local ``directory``, its ``roles``
-    ('student', 'teacher NAME', 'demonstrations', 'summaries'), its weight bytes at the job's dtype."""
+    ('student', 'teacher NAME', 'demonstrations', 'summaries'), its weight bytes at the job's dtype,
+    its resolved (data, model) ``mesh`` and its weight bytes on one device of it (None: all of them)."""
 
     id: str
     directory: Path
     roles: tuple[str, ...]
     nbytes: int
     standin: bool
+    mesh: tuple[int, int] = (1, 1)
+    device_nbytes: Optional[int] = None
 
     @property
     def context_only(self) -> bool:
         return all(r in ("demonstrations", "summaries") for r in self.roles)
+
+    @property
+    def per_device(self) -> int:
+        """Weight bytes on one device of the model's mesh."""
+        return self.nbytes if self.device_nbytes is None else self.device_nbytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheUse:
+    """A phase's largest KV cache on one device: the model, 'sampler' or 'scoring', its size in words
+    (rows x slots, or tokens), and its bytes."""
+
+    model: str
+    kind: str
+    size: str
+    nbytes: int
+    rows: int = 1  # a sampler cache's rows (all of them, over every data shard)
 
 
 def weight_bytes(model_dir: Path, dtype) -> int:
@@ -82,21 +114,60 @@ def _gb(n: int) -> str:
     return f"{n} B"
 
 
-def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], where: str, dtype="bfloat16") -> None:
-    """Raises ConfigError when the weights of a phase exceed WEIGHT_SHARE of ``limit`` bytes."""
+def _listed(specs: Sequence[ModelSpec]) -> str:
+    """'id bytes' per model, with its share per device where a mesh splits it."""
+    return ", ".join(f"{s.id} {_gb(s.nbytes)}" + (f" ({_gb(s.per_device)} per device at model={s.mesh[1]})"
+                                                     if s.per_device != s.nbytes else "") for s in specs)
+
+
+def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], where: str, dtype="bfloat16",
+               caches: Optional[Mapping[str, CacheUse]] = None, batch_rollouts: Optional[int] = None) -> None:
+    """Raises ConfigError when a phase's peak on one device exceeds WEIGHT_SHARE of ``limit`` bytes:
+    first every phase's weights alone (each model's share of its mesh), then the weights and the phase's
+    largest KV cache (``caches``, by phase). ``batch_rollouts``: the run's, for the fix it names
+    (half the rows of the widest sampler call, at most half the batch)."""
     if limit is None:
         log.info("device memory unknown (%s); the models' fit is not checked (set device_memory_gb to check it)",
                  where)
         return
     for phase, specs in phases.items():
-        need = sum(s.nbytes for s in specs)
+        need = sum(s.per_device for s in specs)
         if need > WEIGHT_SHARE * limit:
-            listed = ", ".join(f"{s.id} {_gb(s.nbytes)}" for s in specs)
             smaller = " or student.dtype=bfloat16," if jnp.dtype(dtype) == jnp.float32 else ""
             raise ConfigError(
-                f"the {phase} needs {_gb(need)} of weights ({listed}), more than {WEIGHT_SHARE:.0%} of the "
+                f"the {phase} needs {_gb(need)} of weights ({_listed(specs)}), more than {WEIGHT_SHARE:.0%} of the "
                 f"{_gb(limit)} of {where}. Use a device with more memory,{smaller} or fewer or smaller models "
-                "(leave a teacher out with ~teachers.NAME)")
+                "(leave a teacher out with ~teachers.NAME), or split them over more devices with a larger model "
+                "axis (student.mesh.model, teachers.NAME.mesh.model)")
+    for phase, specs in phases.items():
+        need = sum(s.per_device for s in specs)
+        cache = (caches or {}).get(phase)
+        if cache is None or need + cache.nbytes <= WEIGHT_SHARE * limit:
+            continue
+        if cache.kind == "sampler":
+            half = max(1, min(batch_rollouts or cache.rows, cache.rows) // 2)
+            fewer = (f"a data axis that splits the rows (student.mesh.data), fewer rows per sampler call "
+                     f"(budget.batch_rollouts={half}), ")
+        else:
+            fewer = "shorter responses (budget.max_response_tokens), "
+        raise ConfigError(
+            f"the {phase} needs a peak of {_gb(need + cache.nbytes)} per device: {_gb(need)} of weights "
+            f"({_listed(specs)}) and {_gb(cache.nbytes)} for the largest KV cache ({cache.model}'s {cache.kind} "
+            f"cache, {cache.size}), more than {WEIGHT_SHARE:.0%} of the {_gb(limit)} of {where}. Use a larger model "
+            f"axis (student.mesh.model, teachers.NAME.mesh.model: it splits the weights and the kv heads), {fewer}"
+            "or a device with more memory (device_memory_gb)")
+
+
+def job_meshes(cfg: C.RunConf, model_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """model id -> its resolved (data, model): the student's and external teachers' settings
+    (:func:`jaxalign.config.model_meshes`), the student's for context models. jax's device count
+    is read only when some mesh is not one device."""
+    meshes = C.model_meshes(cfg)
+    chosen = {m: meshes.get(m, ("student.mesh", cfg.student.mesh)) for m in model_ids}
+    if all(mesh == C.MeshConf() for _, mesh in chosen.values()):
+        return {m: (1, 1) for m in model_ids}
+    devices = jax.device_count()
+    return {m: C.resolve_mesh(key, mesh, devices) for m, (key, mesh) in chosen.items()}
 
 
 class JobModels:
@@ -104,37 +175,107 @@ class JobModels:
 
     ``roles`` maps model ids to their roles; the student's id is ``student``. Tokenizers of the
     student and the external teachers must agree (response tokens are shared); context models
-    only exchange text, so theirs may differ.
+    only exchange text, so theirs may differ. ``prompts`` (user messages, with ``system``) give the
+    longest student prompt, for the KV caches of the memory check.
     """
 
-    def __init__(self, cfg: C.RunConf, roles: Mapping[str, tuple[str, ...]], student: str):
-        from jaxalign.models import load_tokenizer
+    def __init__(self, cfg: C.RunConf, roles: Mapping[str, tuple[str, ...]], student: str,
+                 prompts: Sequence[str] = (), system: Optional[str] = None):
+        from jaxalign.calibrate import Shape
+        from jaxalign.cost import weight_bytes_per_device
+        from jaxalign.models import load_config, load_tokenizer
         from jaxalign.models.loading import resolve_model_dir
         from jaxalign.models.tokenizer import check_same_tokenizer
 
         self.dtype = jnp.bfloat16 if cfg.student.dtype == "bfloat16" else jnp.float32
         self.student = student
+        self.meshes = job_meshes(cfg, list(roles))
+        self._meshes: dict = {}
+        self._loaded: dict = {}
         self.specs: dict[str, ModelSpec] = {}
+        self.shapes: dict[str, Shape] = {}
         for model_id, model_roles in roles.items():
             directory = resolve_model_dir(C.resolve_model_path(model_id, cfg.model_root))
+            self.shapes[model_id] = shape = Shape.of(load_config(directory), jnp.dtype(self.dtype).name)
+            mesh = self.meshes[model_id]
             self.specs[model_id] = ModelSpec(model_id, directory, tuple(model_roles),
                                              weight_bytes(directory, self.dtype),
-                                             (directory / STANDIN_MARKER).is_file())
+                                             (directory / STANDIN_MARKER).is_file(), mesh,
+                                             weight_bytes_per_device(shape, mesh[1]) if mesh[1] > 1 else None)
         self.tokenizers = {m: load_tokenizer(s.directory) for m, s in self.specs.items()}
         for model_id, spec in self.specs.items():  # a mismatch fails before any weights load
             if model_id != student and not spec.context_only:
                 check_same_tokenizer(self.tokenizers[student], self.tokenizers[model_id], cfg.student.name,
                                      ", ".join(spec.roles))
         for spec in self.specs.values():
-            log.info("model %s (%s): %s of weights at %s, %s%s", spec.id, ", ".join(spec.roles), _gb(spec.nbytes),
-                     jnp.dtype(self.dtype).name, spec.directory, " [STAND-IN: random weights]" if spec.standin else "")
+            on = f" on mesh data={spec.mesh[0]} x model={spec.mesh[1]}" if spec.mesh != (1, 1) else ""
+            log.info("model %s (%s): %s of weights at %s%s, %s%s", spec.id, ", ".join(spec.roles), _gb(spec.nbytes),
+                     jnp.dtype(self.dtype).name, on, spec.directory,
+                     " [STAND-IN: random weights]" if spec.standin else "")
         if self.standins:
             log.warning("STAND-IN MODELS (%s): random weights under real names; this run checks the pipeline, "
                         "its numbers mean nothing", ", ".join(self.standins))
         stats_where = ("device_memory_gb" if cfg.device_memory_gb is not None
                        else f"{jax.devices()[0]} (memory_stats bytes_limit)")
-        check_fits(self.phases(), device_memory(cfg.device_memory_gb), stats_where, self.dtype)
-        self._loaded: dict = {}
+        caches = self.caches(cfg, self.prompt_tokens(prompts, system))
+        for phase, cache in caches.items():
+            weights = sum(s.per_device for s in self.phases()[phase])
+            log.info("%s: peak %s per device (weights %s, largest KV cache %s: %s's %s cache, %s)", phase,
+                     _gb(weights + cache.nbytes), _gb(weights), _gb(cache.nbytes), cache.model, cache.kind, cache.size)
+        check_fits(self.phases(), device_memory(cfg.device_memory_gb), stats_where, self.dtype, caches,
+                   cfg.budget.batch_rollouts)
+
+    def prompt_tokens(self, prompts: Sequence[str], system: Optional[str]) -> int:
+        """Tokens of the longest of the student's chat prompts for ``prompts`` (1 without any)."""
+        from jaxalign.models import encode_chat
+
+        tokenizer = self.tokenizers[self.student]
+        return max([1] + [len(encode_chat(tokenizer, user, system=system)) for user in prompts])
+
+    def caches(self, cfg: C.RunConf, prompt_tokens: int) -> dict[str, CacheUse]:
+        """Each phase's largest KV cache on one device (see the module docstring), by phase name."""
+        from jaxalign import cost
+        from jaxalign.engine.sampling import bucket
+        from jaxalign.teachers import FORMATS, context_needs
+        from jaxalign.teachers.prepass import ContextSettings
+
+        cap = cfg.budget.max_response_tokens
+        use = {m: cost.ModelUse(m, self.shapes[m], str(self.specs[m].directory)) for m in self.specs}
+        teachers = []
+        for name, t in cfg.teachers.items():
+            if t.kind == "external" and t.model in use:
+                teachers.append(cost.TeacherUse(name, use[t.model], 0))
+            elif t.kind == "self":
+                fmt = FORMATS[t.context]
+                teachers.append(cost.TeacherUse(name, use[self.student], fmt.correct + fmt.wrong))
+        models = cost.RunModels(use[self.student], tuple(teachers))
+        lengths = cost.Lengths(prompt_tokens, cap, cap, "the job's longest prompt; budget.max_response_tokens")
+        plan = cost.question_plan(cfg, models, lengths, cost.sampler_max_rows())
+        parts = cost.model_memory(plan, models, lengths, self.meshes)
+        largest = max(parts, key=lambda m: m.cache_bytes)
+        phases = self.phases()
+        widest = cost.widest_call(plan, self.shapes[self.student], *self.meshes[self.student]).rows
+        out = {MAIN_PHASE: CacheUse(largest.id, largest.cache, largest.cache_size, largest.cache_bytes,
+                                    widest if largest.cache == "sampler" else 1)}
+        if PRE_PASS in phases:
+            demo_rows = ContextSettings().batch
+            writes_demos = set(context_needs(cfg.teachers, cfg.student.path).demos)
+            found = []
+            for spec in phases[PRE_PASS]:
+                data, tp = spec.mesh
+                shape = self.shapes[spec.id]
+                if spec.id in writes_demos:  # demonstrations, batch rows at a time
+                    rows, prefix, new = bucket(demo_rows, data), bucket(prompt_tokens, 16), bucket(cap, 8)
+                    found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
+                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows))
+                if "summaries" in spec.roles:  # one row, after the question and up to two demonstrations
+                    rows, prefix = data, bucket(prompt_tokens + 2 * cap, 16)
+                    new = bucket(cfg.summary_max_tokens, 8)
+                    found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
+                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows))
+            if found:
+                out[PRE_PASS] = max(found, key=lambda c: c.nbytes)
+        return out
 
     @property
     def standins(self) -> list[str]:
@@ -145,15 +286,27 @@ class JobModels:
         student = self.specs[self.student]
         context = [s for s in self.specs.values() if s.context_only]
         main = [s for s in self.specs.values() if not s.context_only]
-        out = {"main phase (student and external teachers)": main}
+        out = {MAIN_PHASE: main}
         if context:
-            out["pre-pass (student and context model)"] = [student, max(context, key=lambda s: s.nbytes)]
+            out[PRE_PASS] = [student, max(context, key=lambda s: s.per_device)]
         return out
 
     def record(self) -> list[dict]:
-        """For run.json: each model's id, roles, bytes and whether it is a stand-in."""
+        """For run.json: each model's id, roles, bytes, mesh and whether it is a stand-in."""
         return [{"id": s.id, "roles": list(s.roles), "bytes": s.nbytes, "standin": s.standin,
-                 "directory": str(s.directory)} for s in self.specs.values()]
+                 "directory": str(s.directory), "mesh": {"data": s.mesh[0], "model": s.mesh[1]}}
+                for s in self.specs.values()]
+
+    def mesh(self, model_id: str):
+        """The model's jax Mesh over the first data x model devices; None for a one-device mesh."""
+        data, model = self.specs[model_id].mesh
+        if (data, model) == (1, 1):
+            return None
+        if (data, model) not in self._meshes:
+            from jaxalign.models import make_mesh
+
+            self._meshes[data, model] = make_mesh(data, model, devices=jax.devices()[: data * model])
+        return self._meshes[data, model]
 
     def eos(self, model_id: str) -> tuple[int, ...]:
         tokenizer = self.tokenizers[model_id]
@@ -165,10 +318,15 @@ class JobModels:
             from jaxalign.engine.policy import FlaxPolicy
             from jaxalign.models import load_qwen3
 
+            from jaxalign.models import load_config, placement
+
             spec = self.specs[model_id]
-            log.info("loading %s (%s)", model_id, _gb(spec.nbytes))
-            model_cfg, params = load_qwen3(spec.directory, self.dtype)
-            self._loaded[model_id] = FlaxPolicy(params, model_cfg, self.eos(model_id))
+            mesh = self.mesh(model_id)
+            log.info("loading %s (%s)%s", model_id, _gb(spec.nbytes),
+                     f" onto mesh data={spec.mesh[0]} x model={spec.mesh[1]}" if mesh is not None else "")
+            place = placement(load_config(spec.directory), mesh) if mesh is not None else None
+            model_cfg, params = load_qwen3(spec.directory, self.dtype, place)
+            self._loaded[model_id] = FlaxPolicy(params, model_cfg, self.eos(model_id), mesh=mesh)
         return self._loaded[model_id]
 
     def release(self, model_id: str) -> None:
