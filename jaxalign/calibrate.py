@@ -5,7 +5,8 @@ typed constant. For each model shape a run uses (read from its config.json), and
 this process runs on, a few jit calls of the engine's own kernels are timed on random weights
 of that shape:
 
-  decode   ``_sample_forked``, the jit decode loop: seconds per step at a few (rows, slots) points
+  decode   ``_sample_forked``, the jit decode loop: seconds per step at a few (rows, slots) points,
+           timed at steps whose attention window is all ``slots`` slots
   prefill  ``path_hidden``, the chunked prefill of a scored path: seconds per call at a few lengths
   project  ``_project`` + ``compare``, one chunk of positions onto the vocabulary and its reduction
            (:func:`probe_plan` gives the sizes, :func:`probe_depths` the layers)
@@ -398,6 +399,7 @@ def probe_decode(shape: Shape, rows: int, slots: int) -> dict:
     import jax.numpy as jnp
 
     from jaxalign.engine.sampling import _sample_forked
+    from jaxalign.models.qwen3 import attention_windows
 
     params, cfg = probe_params(shape)
     prefix = jnp.ones((1, PROBE_PREFIX), jnp.int32)
@@ -409,9 +411,14 @@ def probe_decode(shape: Shape, rows: int, slots: int) -> dict:
             params, cfg, prefix, jnp.zeros(1, jnp.int32), ids, valid, jax.random.key(0), jnp.float32(1.0),
             jnp.int32(limit), **statics))
 
+    # The decode loop reads only the cache's filled power-of-two window (models.qwen3.attention_windows),
+    # so the timed steps are the ones whose window is the whole ``slots``-slot cache: the first few when
+    # the cache has a single window, else every step past half of it.
+    short = 1 if attention_windows(slots) == (slots,) else slots // 2 + 1
+    long = short + DECODE_STEPS if short == 1 else slots
     first, one = _first_and_best(call(1))
-    many = best_time(call(1 + DECODE_STEPS))
-    step = max(many - one, 0.0) / DECODE_STEPS
+    early = one if short == 1 else best_time(call(short))
+    step = max(best_time(call(long)) - early, 0.0) / (long - short)
     return {"kind": "decode", "layers": shape.layers, "rows": rows, "slots": slots, "seconds": step,
             "call_s": one, "compile_s": first - one,
             "roofline_work": decode_step_work(shape, rows, slots, 1, PROBE_PREFIX)}

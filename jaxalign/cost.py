@@ -260,19 +260,22 @@ class Work:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerCall:
-    """One ``_sample_forked`` call: its compiled shape and the decode steps it runs."""
+    """One ``_sample_forked`` call: its compiled shape, its decode rows, and the decode steps it runs."""
 
     prefixes: int
-    per_prefix: int
+    per_prefix: int  # completions per prefix C, bucketed (the compiled shape)
     prefix_slots: int
     new_slots: int
     steps: int
-    valid: int = 0  # rows that carry a rollout (the rest is bucket padding)
+    valid: int = 0  # completions that carry a rollout (the rest of the P x C grid is padding)
     mean_steps: float = 0.0  # the mean length of those rollouts
+    rows_per_prefix: int = 0  # decode rows per prefix (0: one per completion, C)
+    read_slots: float = 0.0  # the mean attention window over the rows' own caches, per step (0: new_slots)
 
     @property
     def rows(self) -> int:
-        return self.prefixes * self.per_prefix
+        """Decode rows: what every step computes."""
+        return self.prefixes * (self.rows_per_prefix or self.per_prefix)
 
 
 def sampler_max_rows() -> int:
@@ -282,19 +285,49 @@ def sampler_max_rows() -> int:
     return int(inspect.signature(FlaxPolicy).parameters["max_rows"].default)
 
 
+def mean_window(slots: int, steps: float, longest: int) -> float:
+    """The mean attention window (:func:`jaxalign.models.qwen3.attention_windows`) that a decode call
+    of ``steps`` steps reads from its rows' own ``slots``-slot caches.
+
+    Step s reads the narrowest window holding the furthest row's s-th slot. All rows start together,
+    so for the first ``longest`` steps that is s; past them a queued call always has some row deep
+    in a completion, and the window stays at the one holding ``longest`` slots.
+    """
+    from jaxalign.models.qwen3 import attention_windows
+
+    windows = sorted(attention_windows(slots))
+    reach = min(steps, longest)
+    total, low = 0.0, 0
+    for width in windows:
+        high = min(width, reach)
+        if high > low:
+            total += (high - low) * width
+            low = high
+    total += max(0.0, steps - longest) * min(w for w in windows if w >= min(longest, slots))
+    return total / max(steps, 1)
+
+
 def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest: int, max_rows: int,
                   mean: Optional[float] = None) -> list[SamplerCall]:
-    """The calls of one ``sample(prefixes, counts, max_new_tokens=limit)``, split as the engine splits
-    them (:func:`jaxalign.engine.sampling._chunks`). Each runs until its longest row ends:
-    ``min(limit, longest)`` steps; its rollouts are ``mean`` tokens long on average."""
-    from jaxalign.engine.sampling import _chunks, bucket
+    """The calls of one ``sample(prefixes, counts, max_new_tokens=limit)``, split and laid out as the
+    engine does (:func:`jaxalign.engine.sampling._chunks`, :func:`~jaxalign.engine.sampling.queue_layout`).
+
+    A call's busiest row runs ``rounds`` = ceil(completions / rows) of its prefix's completions back to
+    back: ``(rounds - 1) x mean + longest`` steps (one row per completion: the longest, capped at the
+    limit). Rollouts are ``mean`` tokens long on average.
+    """
+    from jaxalign.engine.sampling import QUEUE_FACTOR, _chunks, bucket, queue_layout
 
     out = []
-    steps = max(1, min(limit, longest))
-    for chunk in _chunks(list(counts), max_rows):
-        out.append(SamplerCall(bucket(len(chunk)), bucket(max(c for _, _, c in chunk)), bucket(prefix_tokens, 16),
-                               bucket(limit, 8), steps, sum(c for _, _, c in chunk),
-                               min(float(steps), mean if mean is not None else float(steps))))
+    longest = max(1, min(limit, longest))
+    mean = min(float(longest), mean if mean is not None else float(longest))
+    for chunk in _chunks(list(counts), max_rows, QUEUE_FACTOR * max_rows):
+        prefixes, columns, rows = queue_layout(chunk, max_rows)
+        rounds = -(-max(c for _, _, c in chunk) // rows)
+        steps = int(math.ceil((rounds - 1) * mean + longest))
+        new_slots = bucket(limit, 8)
+        out.append(SamplerCall(prefixes, columns, bucket(prefix_tokens, 16), new_slots, steps,
+                               sum(c for _, _, c in chunk), mean, rows, mean_window(new_slots, steps, longest)))
     return out
 
 
@@ -310,29 +343,26 @@ def _plan_batches(counts: Sequence[int], batch_rollouts: int) -> list[list[int]]
     return batches + ([current] if current else [])
 
 
-DECODE_CACHES = ("static", "filled", "compacted")
+DECODE_CACHES = ("built", "paged")
 
 
 def _sampling_work(phase: str, student: ModelUse, calls: Iterable[SamplerCall], decode_cache: str) -> list[Work]:
     """Each call's fixed cost, its prefixes' prefill and its decode steps. ``decode_cache``:
 
-    static     the engine as built: all rows (padding included) step until the longest ends, and
-               every step reads each row's whole static cache
-    filled     what-if: the same steps, reading only the slots written so far (half the steps, on average)
-    compacted  what-if: filled, and a row stops costing when it ends (padding and finished rows
-               dropped), so the rows alive average valid x mean / steps
+    built  the engine: every decode row steps until its call ends, reading the attention window of
+           the call's furthest row (:func:`mean_window`) from its own cache
+    paged  what-if (not built): each row reads only its own completion's slots, half a mean
+           rollout on average, as a paged (per-row window) attention kernel would
     """
     work = []
     for c in calls:
-        rows, read = c.rows, c.new_slots
-        if decode_cache != "static":
-            read = min(c.new_slots, -(-c.steps // 2))
-        if decode_cache == "compacted":
-            rows, read = max(1, round(c.valid * c.mean_steps / c.steps)), max(1, round(c.mean_steps / 2))
+        read = c.read_slots or c.new_slots
+        if decode_cache == "paged":
+            read = min(read, max(1.0, c.mean_steps / 2))
         work.append(Work(phase, "sample_call", student, 1))
         work.append(Work(phase, "prefill", student, 1, (c.prefixes * c.prefix_slots, c.prefix_slots, c.prefix_slots),
                          overhead=False))
-        work.append(Work(phase, "decode", student, c.steps, (rows, read, c.prefixes, c.prefix_slots)))
+        work.append(Work(phase, "decode", student, c.steps, (c.rows, read, c.prefixes, c.prefix_slots)))
     return work
 
 
@@ -358,7 +388,7 @@ class QuestionPlan:
 
 
 def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[int] = None,
-                  decode_cache: str = "static") -> QuestionPlan:
+                  decode_cache: str = "built") -> QuestionPlan:
     """The device work of one (not skipped) question under ``cfg``'s budget (``decode_cache``: see
     :func:`_sampling_work`)."""
     if decode_cache not in DECODE_CACHES:
@@ -410,7 +440,7 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
 def compile_work(plan: QuestionPlan, models: RunModels, lengths: Lengths) -> list[tuple[str, ModelUse, int]]:
     """(kernel, model, distinct shapes) compiled by one job: sampler shapes of the plan, and the
     prefill/projection sizes of every scored length between a quarter response and the longest."""
-    sample = {(c.prefixes, c.per_prefix, c.prefix_slots, c.new_slots) for c in plan.calls}
+    sample = {(c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots) for c in plan.calls}
     out = [("decode", models.student, len(sample))]
     prompts: dict[str, tuple[ModelUse, set]] = {}
     for model, extra in [(models.student, 0)] + [(t.model, t.demonstrations) for t in models.teachers]:
@@ -454,15 +484,17 @@ def kv_slot_bytes_per_device(s: Shape, model: int = 1) -> int:
 
 
 def sampler_cache_bytes(s: Shape, rows: int, new_slots: int, prefixes: int, prefix_slots: int,
-                        data: int = 1, model: int = 1) -> int:
+                        data: int = 1, model: int = 1, completions: int = 0) -> int:
     """One device's bytes of a forked sampler call (:func:`jaxalign.engine.sampling._sample_forked`):
     the rows' own caches [rows, K, new_slots, H] (rows over ``data``), each prefix's shared cache
     [prefixes, K, prefix_slots, H] (replicated over ``data``), both per layer for keys and values,
-    kv heads as :func:`kv_split`; and three float32 [rows, V] arrays of logits, noise and draws
-    (rows over ``data``, V over ``model``)."""
+    kv heads as :func:`kv_split`; three float32 [rows, V] arrays of logits, noise and draws
+    (rows over ``data``, V over ``model``); and the int32 tokens [completions, new_slots] of the
+    queued completions (over ``data``)."""
     slot = kv_slot_bytes_per_device(s, model)
     own = _split(rows, data)
-    return (own * new_slots + prefixes * prefix_slots) * slot + 3 * own * _split(s.vocab, model) * 4
+    tokens = _split(completions, data) * new_slots * 4
+    return (own * new_slots + prefixes * prefix_slots) * slot + 3 * own * _split(s.vocab, model) * 4 + tokens
 
 
 def scoring_cache_bytes(s: Shape, tokens: int, model: int = 1) -> int:
@@ -490,8 +522,13 @@ class ModelMemory:
 
 def widest_call(plan: QuestionPlan, s: Shape, data: int = 1, model: int = 1) -> SamplerCall:
     """The plan's sampler call whose caches take the most bytes on one device (:func:`sampler_cache_bytes`)."""
-    return max(plan.calls, key=lambda c: sampler_cache_bytes(s, c.rows, c.new_slots, c.prefixes, c.prefix_slots,
-                                                             data, model))
+    return max(plan.calls, key=lambda c: call_bytes(s, c, data, model))
+
+
+def call_bytes(s: Shape, call: SamplerCall, data: int = 1, model: int = 1) -> int:
+    """:func:`sampler_cache_bytes` of one planned sampler call."""
+    return sampler_cache_bytes(s, call.rows, call.new_slots, call.prefixes, call.prefix_slots, data, model,
+                               call.prefixes * call.per_prefix)
 
 
 def model_memory(plan: QuestionPlan, models: RunModels, lengths: Lengths,
@@ -510,12 +547,11 @@ def model_memory(plan: QuestionPlan, models: RunModels, lengths: Lengths,
         cache, kind, size = scoring_cache_bytes(s, tokens, tp), "scoring", f"{tokens} tokens"
         if model is models.student:
             widest = widest_call(plan, s, data, tp)
-            decode = sampler_cache_bytes(s, widest.rows, widest.new_slots, widest.prefixes, widest.prefix_slots,
-                                         data, tp)
+            decode = call_bytes(s, widest, data, tp)
             if decode > cache:
                 cache, kind = decode, "sampler"
                 size = (f"{widest.rows} rows x {widest.new_slots} slots + {widest.prefixes} prefixes x "
-                        f"{widest.prefix_slots} slots")
+                        f"{widest.prefix_slots} slots, {widest.prefixes * widest.per_prefix} completions")
         out.append(ModelMemory(model.id, s.weight_bytes, weight_bytes_per_device(s, tp), cache, kind, size,
                                (data, tp)))
     return out
@@ -538,7 +574,7 @@ def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes
     widest = widest_call(plan, models.student.shape, *student)
     out = {"models": rows, "peak_gb": peak,
            "decode_cache": {"rows": widest.rows, "new_slots": widest.new_slots, "prefixes": widest.prefixes,
-                            "prefix_slots": widest.prefix_slots}}
+                            "prefix_slots": widest.prefix_slots, "completions": widest.prefixes * widest.per_prefix}}
     out["device_gb"] = None if device_bytes is None else device_bytes / 1e9
     usable = None if device_bytes is None else WEIGHT_SHARE * device_bytes
     out["gpus_per_job"] = None if usable is None else max(1, math.ceil(peak * 1e9 / usable))
@@ -547,12 +583,12 @@ def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes
 
 # ----------------------------------------------------------------------------- the forecast
 def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] = None,
-             response_tokens: Optional[int] = None, decode_cache: str = "static") -> dict:
+             response_tokens: Optional[int] = None, decode_cache: str = "built") -> dict:
     """Rollouts, tokens, Phase 1 / Phase 2 / compile GPU-hours, memory and GPUs per job of a validated
     RunConf, priced by ``calibration`` (its device), with A100 and H100 projections.
 
     ``response_tokens`` replaces the task's assumed mean response; ``decode_cache`` other than
-    'static' prices a decode that is not built (a what-if, said in the output; :func:`_sampling_work`)."""
+    'built' prices a decode that is not built (a what-if, said in the output; :func:`_sampling_work`)."""
     from jaxalign import config as C
 
     b = cfg.budget

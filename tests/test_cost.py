@@ -116,8 +116,8 @@ def test_sampler_calls_are_the_engines(monkeypatch):
     cfg, params = load_qwen3(TOY, jnp.float32)
     seen = []
 
-    def record(params, cfg, ptok, pstart, ids, valid, key, temperature, limit, *, max_new, **kw):
-        seen.append((ptok.shape[0], ids.shape[1], ptok.shape[1], max_new))
+    def record(params, cfg, ptok, pstart, ids, valid, key, temperature, limit, *, max_new, slots, **kw):
+        seen.append((ptok.shape[0], ids.shape[1], slots, ptok.shape[1], max_new))
         rows = ids.shape[0] * ids.shape[1]
         return np.ones((rows, max_new), np.int32), np.ones(rows, np.int32)
 
@@ -129,7 +129,7 @@ def test_sampler_calls_are_the_engines(monkeypatch):
         sampling.sample(params, cfg, prefixes, counts, max_new_tokens=limit, key=jax.random.key(0), eos_ids=(0,),
                         max_rows=max_rows, max_len=4096)
         predicted = cost.sampler_calls(counts, prefix, limit, limit, max_rows)
-        assert [(c.prefixes, c.per_prefix, c.prefix_slots, c.new_slots) for c in predicted] == seen
+        assert [(c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots) for c in predicted] == seen
 
 
 # ----------------------------------------------------------------------------- fits
@@ -178,8 +178,9 @@ def test_paper_budget_counts_and_tokens_by_hand():
     assert plan.initial_rollouts + plan.targeted_rollouts == b.num_initial + len(windows) * pairs * b.n_min
     tokens = b.num_initial * m + sum(pairs * b.n_min * (m - (lo + min(hi, m)) // 2 - 1) for lo, hi in windows)
     assert plan.tokens == tokens
-    rows = sum(c.rows for c in plan.calls)  # padded rows: every rollout is in some call
-    assert rows >= plan.initial_rollouts + plan.targeted_rollouts
+    completions = sum(c.prefixes * c.per_prefix for c in plan.calls)  # padded: every rollout is in some call
+    assert completions >= plan.initial_rollouts + plan.targeted_rollouts
+    assert sum(c.valid for c in plan.calls) == plan.initial_rollouts + plan.targeted_rollouts
     adaptive = cost.question_plan(paper_cfg("budget.adaptive=true"), cost.run_models(cfg), lengths)
     assert adaptive.targeted_rollouts == pytest.approx(cost.ADAPTIVE_RATIO * plan.targeted_rollouts)
 
@@ -212,7 +213,8 @@ def test_memory_and_gpus_per_job():
     c = mem["decode_cache"]  # the forked layout: each row's own slots, each prefix's once
     decode = (c["rows"] * c["new_slots"] + c["prefixes"] * c["prefix_slots"]) * student.kv_bytes_per_slot
     logits = 3 * c["rows"] * student.vocab * 4
-    assert mem["models"][0]["kv_cache_gb"] == pytest.approx((decode + logits) / 1e9)
+    tokens = c["completions"] * c["new_slots"] * 4  # the queued completions' int32 tokens
+    assert mem["models"][0]["kv_cache_gb"] == pytest.approx((decode + logits + tokens) / 1e9)
     assert c["rows"] == 256 and c["new_slots"] == 4096  # max_rows, and max_response_tokens bucketed
     assert mem["gpus_per_job"] is None  # the test device has no known memory
     a100 = f["projections"]["A100"]["gpus_per_job"]
@@ -331,19 +333,24 @@ def test_forecast_is_within_2x_of_a_measured_smoke_run(tmp_path):
     assert again["calibrated_now"] == [] and again["gpu_hours"] == f["gpu_hours"]
 
 
-def test_decode_what_ifs_cost_less_and_compacted_counts_the_rollouts_tokens():
+def test_decode_steps_follow_the_queue_and_the_paged_what_if_costs_less():
+    """A queued call runs (rounds - 1) mean lengths plus one longest; one row per completion runs the
+    longest; the paged what-if reads less than the built decoder, whose window is the furthest row's."""
+    one_row_each = cost.sampler_calls([100] * 2, 64, 4096, 600, max_rows=256, mean=200)
+    assert [(c.rows, c.steps) for c in one_row_each] == [(256, 600)]
+    queued = cost.sampler_calls([100] * 5, 64, 4096, 600, max_rows=64, mean=200)  # 5 prefixes x 12 rows, 9 rounds
+    assert [(c.rows, c.rows_per_prefix, c.steps) for c in queued] == [(60, 12, 8 * 200 + 600)]
+    # windows 256, 512, 1024, 2048, 4096: the first 600 steps read 256, 512, then 1024; later steps 1024
+    first = 256 * 256 + 256 * 512 + 88 * 1024
+    assert queued[0].read_slots == pytest.approx((first + 1600 * 1024) / 2200)
+    assert cost.mean_window(128, 40, 600) == 128  # a single-window cache is read whole
+
     cfg = paper_cfg("budget.top_k=20", "budget.top_r=20")
     models = cost.run_models(cfg)
     lengths = cost.trace_lengths(cfg)
     calibration = synthetic([m.shape for m in models.distinct()])
-    seconds = {}
-    for mode in cost.DECODE_CACHES:
-        plan = cost.question_plan(cfg, models, lengths, decode_cache=mode)
-        seconds[mode] = sum(w.seconds(calibration) for w in plan.work if w.kind == "decode")
-        if mode == "compacted":  # row-steps: every rollout's own tokens, no padding rows, no idle rows
-            row_steps = sum(w.count * w.size[0] for w in plan.work if w.kind == "decode")
-            useful = sum(c.valid * c.mean_steps for c in plan.calls)
-            assert row_steps == pytest.approx(useful, rel=0.01)
-    assert seconds["compacted"] < seconds["filled"] < seconds["static"]
-    with pytest.raises(ConfigError, match="decode_cache='paged'"):
-        cost.question_plan(cfg, models, lengths, decode_cache="paged")
+    seconds = {mode: sum(w.seconds(calibration) for w in cost.question_plan(cfg, models, lengths, decode_cache=mode).work
+                         if w.kind == "decode") for mode in cost.DECODE_CACHES}
+    assert seconds["paged"] < seconds["built"]
+    with pytest.raises(ConfigError, match="decode_cache='static'"):
+        cost.question_plan(cfg, models, lengths, decode_cache="static")

@@ -41,7 +41,7 @@ def test_a_run_that_fits_passes_and_logs_its_peak(tmp_path, caplog):
     caplog.set_level("INFO")
     _job(tmp_path, f"device_memory_gb={FITS}")
     assert ("main phase (student and external teachers): peak 2.3 MB per device (weights 1.0 MB, largest KV cache "
-            "1.2 MB: toy:student's sampler cache, 32 rows x 64 slots + 4 prefixes x 64 slots)") in caplog.text
+            "1.2 MB: toy:student's sampler cache, 32 rows x 64 slots + 4 prefixes x 64 slots, 32 completions)") in caplog.text
 
 
 def test_the_kv_cache_is_refused_before_any_weight_loads(tmp_path, monkeypatch):
@@ -55,7 +55,7 @@ def test_the_kv_cache_is_refused_before_any_weight_loads(tmp_path, monkeypatch):
     assert message.startswith("the main phase (student and external teachers) needs a peak of 2.3 MB per device: "
                               "1.0 MB of weights (toy:student 420.6 kB, toy:teacher 617.9 kB) and 1.2 MB for the "
                               "largest KV cache (toy:student's sampler cache, 32 rows x 64 slots + 4 prefixes x 64 "
-                              "slots), more than 90% of the 1.5 MB of device_memory_gb"), message
+                              "slots, 32 completions), more than 90% of the 1.5 MB of device_memory_gb"), message
     for fix in ("student.mesh.model", "student.mesh.data", "budget.batch_rollouts=16", "device_memory_gb"):
         assert fix in message
     assert not (tmp_path / "questions").exists()
@@ -85,7 +85,8 @@ def test_the_peak_is_the_bytes_of_the_arrays():
     logits = 3 * np.zeros((32, student_cfg.vocab_size), np.float32).nbytes  # logits, noise, perturbed logits
     cache = models.caches(cfg, models.prompt_tokens(prompts, task.system))[MAIN_PHASE]
     assert (cache.model, cache.kind, cache.rows) == ("toy:student", "sampler", 32)
-    assert cache.nbytes == kv + logits
+    tokens = np.zeros((32, 64), np.int32).nbytes  # the sampler's output: 32 completions x 64 slots
+    assert cache.nbytes == kv + logits + tokens
 
 
 def test_check_fits_adds_the_phase_cache_to_the_weights():
@@ -119,6 +120,8 @@ def test_per_device_arithmetic_against_numpy():
         slot = s.layers * 2 * (k / kv) * h * 2
         expect = (rows / data * new + prefixes * prefix_slots) * slot + 3 * rows / data * v / model * 4
         assert cost.sampler_cache_bytes(s, rows, new, prefixes, prefix_slots, data, model) == expect, model
+        queued = expect + 1024 / data * new * 4  # the int32 tokens of 1,024 queued completions
+        assert cost.sampler_cache_bytes(s, rows, new, prefixes, prefix_slots, data, model, 1024) == queued, model
     assert cost.weight_bytes_per_device(s) == s.weight_bytes
 
 

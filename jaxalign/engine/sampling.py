@@ -41,11 +41,19 @@ from jaxalign.models.sharding import DATA, MODEL, ShardingRules, cache_axes, con
 from jaxalign.policy import SampleBatch
 
 COMPILES: collections.Counter = collections.Counter()
+QUEUE_FACTOR = 16  # completions queued per call, per decode row (forked layout)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= max(n, minimum)."""
     return 1 << max(int(math.ceil(math.log2(max(n, minimum, 1)))), 0)
+
+
+def coarse_bucket(n: int) -> int:
+    """The smallest m >= n with at most three significant bits: 1..8, 10, 12, 14, 16, 20, 24, 28, 32, ..."""
+    n = max(int(n), 1)
+    step = 1 << max(n.bit_length() - 3, 0)
+    return -(-n // step) * step
 
 
 def first_argmax(scores: jax.Array) -> jax.Array:
@@ -62,10 +70,11 @@ def first_argmax(scores: jax.Array) -> jax.Array:
 
 
 def _draw(logits: jax.Array, row_keys: jax.Array, step, temperature, greedy: bool) -> jax.Array:
-    """One token per row. logits: [B, V] float32; row_keys: [B] keys. Returns [B] int32."""
+    """One token per row. logits: [B, V] float32; row_keys: [B] keys; step: [] or [B] int32, the
+    index of the token being drawn in its row's completion. Returns [B] int32."""
     if greedy:
         return first_argmax(logits)
-    keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+    keys = jax.vmap(jax.random.fold_in)(row_keys, jnp.broadcast_to(step, row_keys.shape))
     # The barrier materialises the perturbed logits once; fused, both reductions would recompute the hash.
     return first_argmax(jax.lax.optimization_barrier(logits / temperature + gumbel_rows(keys, logits.shape[-1])))
 
@@ -109,24 +118,69 @@ def _pinner(mesh: Optional[Mesh], rules: Optional[ShardingRules]):
     return lambda tree, axes: constrain(tree, axes, mesh, rules)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules", "slots"))
 def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid, key, temperature, limit, *,
-                   max_new, eos_ids, greedy, mesh=None, rules=None):
-    """prefix_tokens: [P, Lp] left-padded; prefix_start: [P]; row_ids, row_valid: [P, R]."""
+                   max_new, eos_ids, greedy, mesh=None, rules=None, slots=None):
+    """The forked layout with a completion queue per prefix.
+
+    prefix_tokens: [P, Lp] left-padded; prefix_start: [P] int32; row_ids, row_valid: [P, C]: prefix
+    p's completions are its first sum(row_valid[p]) columns. ``slots`` (static, default C): decode
+    rows per prefix. With fewer slots than completions, a row whose completion ends takes the next
+    one of its prefix at the next step (continuous batching): the call runs for about
+    C / slots completion lengths, not until the longest of C rows, and no row idles while its
+    prefix has work. Each row writes its own cache slot (a per-row ``end``), and a new completion
+    masks the old one's keys out, so nothing is cleared.
+    Returns tokens [P * C, max_new] int32 (-1 padded) and lengths [P * C] int32, EOS included.
+    """
     COMPILES["forked"] += 1
     num_prefixes, prefix_len = prefix_tokens.shape
-    rows = row_ids.shape[0] * row_ids.shape[1]
-    per_prefix = rows // num_prefixes
+    columns = row_ids.shape[1]
+    per_prefix = columns if slots is None else slots
+    rows = num_prefixes * per_prefix
     pin = _pinner(mesh, rules)
     cache = pin(init_cache(cfg, num_prefixes, prefix_len, params.dtype, prefix_start), cache_axes(cfg, "P"))
     positions = jnp.maximum(jnp.arange(prefix_len)[None, :] - prefix_start[:, None], 0)
     hidden, cache = forward_hidden(params, cfg, prefix_tokens, positions, cache)
     shared = SharedPrefix(k=cache.k, v=cache.v, start=prefix_start)
-    first_logits = jnp.repeat(logits_from_hidden(params, hidden[:, -1]), per_prefix, axis=0)
-    suffix = pin(init_cache(cfg, rows, max_new, params.dtype), cache_axes(cfg))
-    return _decode(params, cfg, first_logits, _row_keys(key, row_ids.reshape(rows)), row_valid.reshape(rows),
-                   suffix, jnp.repeat(shared.length, per_prefix), temperature, limit, max_new=max_new,
-                   eos_ids=eos_ids, greedy=greedy, shared=shared, pin=pin)
+    prefix_of = jnp.repeat(jnp.arange(num_prefixes, dtype=jnp.int32), per_prefix)  # [rows]
+    first_hidden = hidden[:, -1][prefix_of]  # [rows, D]: every completion's first token is drawn from it
+    base = jnp.repeat(shared.length, per_prefix)  # [rows] RoPE position of suffix slot 0
+    job_keys = _row_keys(key, row_ids.reshape(-1))  # [P * C]
+    count = jnp.sum(row_valid, axis=1, dtype=jnp.int32)  # [P]
+    eos = jnp.asarray(eos_ids, jnp.int32)
+    suffix = init_cache(cfg, rows, max_new, params.dtype)
+    suffix = pin(suffix.replace(end=jnp.zeros(rows, jnp.int32)), cache_axes(cfg).replace(end="B"))
+    column = jnp.tile(jnp.arange(per_prefix, dtype=jnp.int32), num_prefixes)
+    job = jnp.where(column < count[prefix_of], column, -1)  # [rows] the completion (column) a row runs; -1 idle
+    out = pin(jnp.full((num_prefixes * columns, max_new), -1, jnp.int32), "BT")
+    lengths = jnp.zeros(num_prefixes * columns, jnp.int32)
+
+    def body(state):
+        job, drawn, token, fresh, cache, out, lengths, queued = state
+        active = job >= 0
+        slot = jnp.maximum(drawn - 1, 0)  # where this step's input token goes (a fresh row's is discarded)
+        hidden, cache = forward_hidden(params, cfg, token[:, None], (base + slot)[:, None], cache.replace(end=slot),
+                                       shared)
+        state_for_draw = jnp.where(fresh[:, None], first_hidden, hidden[:, 0])
+        flat = prefix_of * columns + jnp.maximum(job, 0)
+        nxt = _draw(logits_from_hidden(params, state_for_draw), job_keys[flat], drawn, temperature, greedy)
+        nxt = jnp.where(active, nxt, -1)
+        target = jnp.where(active, flat, out.shape[0])  # idle rows write nowhere
+        out = pin(out.at[target, drawn].set(nxt, mode="drop"), "BT")
+        drawn = drawn + 1
+        lengths = lengths.at[target].set(drawn, mode="drop")
+        ended = (active & (jnp.isin(nxt, eos) | (drawn >= limit))).reshape(num_prefixes, per_prefix)
+        candidate = queued[:, None] + jnp.cumsum(ended, axis=1, dtype=jnp.int32) - 1
+        takes = ended & (candidate < count[:, None])
+        job = jnp.where(ended, jnp.where(takes, candidate, -1), job.reshape(ended.shape)).reshape(rows)
+        fresh = takes.reshape(rows)
+        return (job, jnp.where(fresh, 0, drawn), jnp.where(fresh, 0, jnp.maximum(nxt, 0)), fresh, cache, out,
+                lengths, queued + jnp.sum(takes, axis=1, dtype=jnp.int32))
+
+    zeros = jnp.zeros(rows, jnp.int32)
+    state = (job, zeros, zeros, job >= 0, suffix, out, lengths, jnp.minimum(count, per_prefix))
+    state = jax.lax.while_loop(lambda state: jnp.any(state[0] >= 0), body, state)
+    return state[5], state[6]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules"))
@@ -153,18 +207,32 @@ def _left_pad(seqs: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.n
     return tokens, start
 
 
-def _chunks(counts: Sequence[int], max_rows: int) -> list[list[tuple[int, int, int]]]:
-    """Splits (prefix, completions) into chunks of (prefix, first, count) whose padded
-    bucket(#prefixes) x bucket(max count) fits in max_rows."""
-    pieces = [(p, first, min(max_rows, c - first)) for p, c in enumerate(counts) for first in range(0, c, max_rows)]
+def _chunks(counts: Sequence[int], max_rows: int, max_jobs: Optional[int] = None) -> list[list[tuple[int, int, int]]]:
+    """Splits (prefix, completions) into calls of (prefix, first, count) pieces, each piece at most
+    ``max_jobs`` completions, with bucket(#prefixes) <= max_rows and bucket(#prefixes) x bucket(largest
+    piece) <= max_jobs (default max_rows: every completion gets its own decode row)."""
+    max_jobs = max_rows if max_jobs is None else max_jobs
+    pieces = [(p, first, min(max_jobs, c - first)) for p, c in enumerate(counts) for first in range(0, c, max_jobs)]
     chunks, current = [], []
     for piece in pieces:
         trial = current + [piece]
-        if current and bucket(len(trial)) * bucket(max(c for _, _, c in trial)) > max_rows:
+        if current and (bucket(len(trial)) > max_rows or bucket(len(trial)) * bucket(max(c for _, _, c in trial)) > max_jobs):
             chunks.append(current)
             trial = [piece]
         current = trial
     return chunks + ([current] if current else [])
+
+
+def queue_layout(chunk: Sequence[tuple[int, int, int]], max_rows: int, min_rows: int = 1) -> tuple[int, int, int]:
+    """(prefixes P, completions per prefix C, decode rows per prefix) of one call of :func:`_chunks`.
+
+    C is a power of two (>= min_rows). P has at most three significant bits (20 prefixes stay 20, not
+    32: a padding prefix's rows would step idle through the whole call). Rows per prefix: as many as
+    fit P x rows <= max_rows, a multiple of min_rows (the mesh's data axis), at most C.
+    """
+    prefixes, columns = coarse_bucket(len(chunk)), bucket(max(c for _, _, c in chunk), min_rows)
+    rows = max(min_rows, max_rows // prefixes // min_rows * min_rows)
+    return prefixes, columns, min(columns, rows)
 
 
 def sample(
@@ -182,12 +250,15 @@ def sample(
     max_len: Optional[int] = None,
     mesh: Optional[Mesh] = None,
     row_offset: int = 0,
+    max_queued: Optional[int] = None,
 ) -> SampleBatch:
     """``counts[i]`` completions of each full token prefix (prompt + response so far).
 
     Rows are numbered in order (prefix 0's completions first), starting at ``row_offset``; row r
     uses ``fold_in(key, r)``. Batches larger than ``max_rows`` are split automatically, with the
-    same tokens as one big batch. ``mesh`` (see :func:`jaxalign.models.sharding.make_mesh`): rows
+    same tokens as one big batch. In the forked layout a call decodes at most ``max_rows`` rows but
+    takes up to ``max_queued`` completions (default :data:`QUEUE_FACTOR` x max_rows): a row that ends
+    starts the next completion of its prefix. ``mesh`` (see :func:`jaxalign.models.sharding.make_mesh`): rows
     and KV caches are sharded over its 'data' axis, KV heads over 'model'; with model > 1 the params
     must already be sharded by :func:`~jaxalign.models.sharding.shard_params` on the same mesh.
     Returns tokens [N, max_new_tokens] int64 (-1 padded), lengths [N], prefix_index [N].
@@ -206,13 +277,13 @@ def sample(
                    mesh=mesh, rules=rules)
     dynamics = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max_new_tokens))
     if fork:
-        work = _chunks(counts, max_rows)
+        work = _chunks(counts, max_rows, QUEUE_FACTOR * max_rows if max_queued is None else max_queued)
     else:
         flat_rows = [(p, row_ids[p] + j) for p, c in enumerate(counts) for j in range(c)]
         work = [flat_rows[i: i + max_rows] for i in range(0, len(flat_rows), max_rows)]
     for chunk in work:
         if fork:
-            num_p, per_p = bucket(len(chunk)), bucket(max(c for _, _, c in chunk), min_rows)
+            num_p, per_p, slots = queue_layout(chunk, max_rows, min_rows)
             seqs = [prefixes[p] for p, _, _ in chunk] + [prefixes[chunk[0][0]]] * (num_p - len(chunk))
             ptok, pstart = _left_pad(seqs, bucket(max(len(s) for s in seqs), 16))
             ids = np.zeros((num_p, per_p), np.int32)
@@ -220,7 +291,8 @@ def sample(
             for i, (p, first, c) in enumerate(chunk):
                 ids[i, :c] = row_ids[p] + first + np.arange(c)
                 valid[i, :c] = True
-            out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, key, *dynamics, **statics)
+            out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, key, *dynamics, slots=slots,
+                                          **statics)
         else:
             rows = bucket(len(chunk), min_rows)
             seqs = [prefixes[p] for p, _ in chunk] + [prefixes[chunk[0][0]]] * (rows - len(chunk))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.alignment import divergences
-from jaxalign.engine.sampling import COMPILES, bucket
+from jaxalign.engine.sampling import COMPILES, bucket, coarse_bucket
 from jaxalign.errors import ConfigError
 from jaxalign.models.config import Qwen3Config
 from jaxalign.models.qwen3 import Qwen3Params, SharedPrefix, forward_hidden, init_cache, logits_from_hidden
@@ -88,13 +88,6 @@ def compare(logp: jax.Array, logq: jax.Array, ids: jax.Array) -> dict[str, jax.A
     out["p_at"] = jnp.exp(jnp.take_along_axis(logp, safe, axis=-1))
     out["q_at"] = jnp.exp(jnp.take_along_axis(logq, safe, axis=-1))
     return out
-
-
-def coarse_bucket(n: int) -> int:
-    """The smallest m >= n with at most three significant bits: 1..8, 10, 12, 14, 16, 20, 24, 28, 32, ..."""
-    n = max(int(n), 1)
-    step = 1 << max(n.bit_length() - 3, 0)
-    return -(-n // step) * step
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk"))

@@ -80,7 +80,7 @@ class KVCache:
     k: tuple[Array, ...]  # per layer [B, K, S, H]
     v: tuple[Array, ...]  # per layer [B, K, S, H]
     start: Array  # [B] int32: first valid slot of each row (left padding)
-    end: Array  # [] int32: one past the last written slot, shared by all rows
+    end: Array  # [] int32: the slot the next token is written to, shared by all rows; or [B] per row
 
     @property
     def max_len(self) -> int:
@@ -190,7 +190,8 @@ def attention_windows(slots: int) -> tuple[int, ...]:
 def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end: Array, prec):
     """Attention of T queries at slots ``[end, end + T)`` over the cache's filled slots.
 
-    q: [B, T, K, G, H]; k_cache, v_cache: [B, K, S, H]; start: [B] int32; end: [] int32.
+    q: [B, T, K, G, H]; k_cache, v_cache: [B, K, S, H]; start: [B] int32; end: [] int32, or [B]
+    int32 when rows sit at different slots (the queued decoder; the window then covers the furthest).
     Returns (out [B, T, K, G, H] float32, lse [B, T, K, G] float32).
 
     Slots at or past end + T are empty, so only the narrowest window of :func:`attention_windows`
@@ -203,7 +204,7 @@ def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end
     def attend(width):
         def branch(q, k_cache, v_cache, start, end):
             key_slot = jnp.arange(width)[None, None, :]  # [1, 1, W]
-            query_slot = (end + jnp.arange(steps))[None, :, None]  # [1, T, 1]
+            query_slot = (jnp.reshape(end, (-1, 1, 1)) + jnp.arange(steps)[None, :, None])  # [1 or B, T, 1]
             visible = (key_slot >= start[:, None, None]) & (key_slot <= query_slot)  # [B, T, W]
             return _partial_attention(q, k_cache[:, :, :width], v_cache[:, :, :width], visible, prec)
         return branch
@@ -211,8 +212,20 @@ def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end
     windows = attention_windows(k_cache.shape[2])
     if len(windows) == 1:
         return attend(windows[0])(q, k_cache, v_cache, start, end)
-    narrowest = jnp.sum(jnp.asarray(windows) >= end + steps) - 1
+    narrowest = jnp.sum(jnp.asarray(windows) >= jnp.max(end) + steps) - 1
     return lax.switch(narrowest, [attend(w) for w in windows], q, k_cache, v_cache, start, end)
+
+
+def _write(cache: Array, new: Array, end: Array) -> Array:
+    """``new`` [B, T, K, H] written into ``cache`` [B, K, S, H] at slots [end, end + T): one slice when
+    ``end`` is shared ([]), a per-row scatter when it is [B] (then T must be 1)."""
+    new = new.transpose(0, 2, 1, 3).astype(cache.dtype)
+    if jnp.ndim(end) == 0:
+        return lax.dynamic_update_slice(cache, new, (0, 0, end, 0))
+    if new.shape[2] != 1:
+        raise ValueError(f"a cache with a slot per row takes one token per step, got {new.shape[2]}")
+    # vmapped, the per-row update is a scatter with a batch dimension: sharded rows update in place
+    return jax.vmap(lambda rows, token, slot: lax.dynamic_update_slice(rows, token, (0, slot, 0)))(cache, new, end)
 
 
 def _attention(
@@ -222,7 +235,7 @@ def _attention(
     """One attention block over T new tokens appended to the cache at slot ``end``.
 
     x: [B, T, D]; positions: [B, T] int32 RoPE positions; k_cache, v_cache: [B, K, S, H];
-    start: [B] int32; end: [] int32. prefix: optional (k [P, K, Sp, H], v, start [P]) shared by
+    start: [B] int32; end: [] or [B] int32. prefix: optional (k [P, K, Sp, H], v, start [P]) shared by
     groups of B // P consecutive rows. Returns (out [B, T, D], new k_cache, new v_cache).
     """
     prec = _precision(x.dtype)
@@ -237,8 +250,7 @@ def _attention(
 
     # Heads before slots: the attention einsums batch over (b, k), and this layout lets their
     # dots read the cache in place instead of transposing all of it at every decode step.
-    k_cache = lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, end, 0))
-    v_cache = lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, end, 0))
+    k_cache, v_cache = _write(k_cache, k, end), _write(v_cache, v, end)
 
     q = q.reshape(batch, steps, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
     out, lse = _cache_attention(q, k_cache, v_cache, start, end, prec)

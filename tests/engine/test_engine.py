@@ -89,6 +89,37 @@ def test_forked_sampling_equals_unforked(params):
         assert not np.isin(row[: n - 1], EOS).any()
 
 
+def test_queued_completions_equal_one_row_each(params):
+    """Continuous batching: with 1 decode row per prefix and up to 23 completions each, rows take
+    the next completion of their prefix when one ends; every completion is the plain sampler's."""
+    from jaxalign.engine import sampling
+
+    prefixes = _prefixes([4, 17, 2], seed=3)
+    counts = [23, 6, 1]
+    kwargs = dict(max_new_tokens=20, key=jax.random.key(4), eos_ids=EOS)
+    before = sampling.COMPILES["forked"]
+    queued = sample(params, CFG, prefixes, counts, max_rows=4, max_queued=128, **kwargs)
+    assert sampling.COMPILES["forked"] - before <= 1  # one call: 3 prefixes x 1 row, 23 completions queued
+    assert sampling.queue_layout([(0, 0, 23), (1, 0, 6), (2, 0, 1)], 4) == (3, 32, 1)
+    assert sampling.queue_layout([(p, 0, 25) for p in range(20)], 256) == (20, 32, 12)  # no padding prefixes
+    plain = sample(params, CFG, prefixes, counts, fork=False, **kwargs)
+    np.testing.assert_array_equal(queued.tokens, plain.tokens)
+    np.testing.assert_array_equal(queued.lengths, plain.lengths)
+    assert len(set(queued.lengths.tolist())) > 3, "completions of several lengths exercise the refill"
+    one_call_each = sample(params, CFG, prefixes, counts, max_rows=64, max_queued=64, **kwargs)
+    np.testing.assert_array_equal(queued.tokens, one_call_each.tokens)
+
+
+def test_a_queued_call_stops_at_the_limit_and_after_the_last_completion(params):
+    """limit 1: every completion is one token; a prefix with no completions leaves its rows idle."""
+    prefixes = _prefixes([5, 3], seed=8)
+    out = sample(params, CFG, prefixes, [9, 0], max_new_tokens=1, key=jax.random.key(1), eos_ids=EOS,
+                 max_rows=2, max_queued=32)
+    assert out.tokens.shape == (9, 1) and (out.lengths == 1).all() and (out.tokens[:, 0] >= 0).all()
+    plain = sample(params, CFG, prefixes, [9, 0], max_new_tokens=1, key=jax.random.key(1), eos_ids=EOS, fork=False)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+
+
 def test_a_row_does_not_depend_on_padding_or_neighbours(params):
     a, long_neighbour = _prefixes([3, 40], seed=5)
     key = jax.random.key(9)

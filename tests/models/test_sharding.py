@@ -188,10 +188,11 @@ def test_kv_cache_is_split_over_data_and_model(eight, tp):
 
 @pytest.mark.parametrize("tp", TP_SIZES)
 def test_the_sampler_never_gathers_weights(eight, tp):
-    """Nothing larger than one candidate per row and model shard is gathered (the vocab-split argmax
-    is a max and a min, two all-reduces, so in practice nothing is)."""
-    rows_per_data_shard = BUCKETS["prefixes"] * BUCKETS["forks"] // (8 // tp)
-    assert int(eight[f"tp{tp}_largest_all_gather"]) <= rows_per_data_shard * tp
+    """No weights, caches or activations are gathered: nothing larger than one candidate per row and
+    model shard (the vocab-split argmax is a max and a min, two all-reduces), or the (completion, token
+    index) pair per row that the queued decoder scatters its draws to (32 x 2 int32 here)."""
+    rows = BUCKETS["prefixes"] * BUCKETS["forks"]
+    assert int(eight[f"tp{tp}_largest_all_gather"]) <= max(rows // (8 // tp) * tp, 2 * rows)
 
 
 @pytest.mark.parametrize("tp", TP_SIZES)
