@@ -561,9 +561,11 @@ def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes
            meshes: Optional[dict] = None) -> dict:
     """Bytes per model (weights + its largest KV cache at the run's lengths), the job's peak, GPUs per job.
 
-    Without ``meshes`` (model id -> (data, model)) every model is on one device. With them, weights
-    and caches are counted per device as the sharding places them, and the peak is that of the
-    first device, which every mesh includes: all the weights' shares plus the largest cache."""
+    Without ``meshes`` (model id -> (data, model)) every model is on one device, and GPUs per job is
+    the peak over the usable memory of one device, rounded up. With them, weights and caches are
+    counted per device as the sharding places them, and the peak is that of the first device, which
+    every mesh includes: all the weights' shares plus the largest cache. GPUs per job is then the
+    largest mesh, when that peak fits a device (``fits``), else None."""
     parts = model_memory(plan, models, lengths, meshes)
     rows = [{"id": m.id, "weights_gb": m.weights / 1e9, "weights_per_device_gb": m.weights_per_device / 1e9,
              "kv_cache_gb": m.cache_bytes / 1e9, "kv_cache": m.cache, "kv_cache_size": m.cache_size,
@@ -577,11 +579,29 @@ def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes
                             "prefix_slots": widest.prefix_slots, "completions": widest.prefixes * widest.per_prefix}}
     out["device_gb"] = None if device_bytes is None else device_bytes / 1e9
     usable = None if device_bytes is None else WEIGHT_SHARE * device_bytes
-    out["gpus_per_job"] = None if usable is None else max(1, math.ceil(peak * 1e9 / usable))
+    spans = {data * model for data, model in (meshes or {}).values()}
+    if max(spans, default=1) > 1:  # the meshes fix the job's devices: do they hold the per-device peak?
+        out["mesh_devices"] = max(spans)
+        out["fits"] = None if usable is None else peak * 1e9 <= usable
+        out["gpus_per_job"] = max(spans) if out["fits"] else None
+    else:
+        out["gpus_per_job"] = None if usable is None else max(1, math.ceil(peak * 1e9 / usable))
     return out
 
 
 # ----------------------------------------------------------------------------- the forecast
+def run_meshes(cfg) -> Optional[dict[str, tuple[int, int]]]:
+    """Model id -> (data, model) of the run's meshes (``student.mesh``, ``teachers.NAME.mesh``), or
+    None when every model is on one device. ``data=-1`` (all the devices a job gets) counts as 1: the
+    per-device cache is then the whole batch's, an upper bound."""
+    from jaxalign.config import MeshConf, model_meshes
+
+    meshes = model_meshes(cfg)
+    if all(mesh == MeshConf() for _, mesh in meshes.values()):
+        return None
+    return {model: (max(mesh.data, 1), mesh.model) for model, (_, mesh) in meshes.items()}
+
+
 def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] = None,
              response_tokens: Optional[int] = None, decode_cache: str = "built") -> dict:
     """Rollouts, tokens, Phase 1 / Phase 2 / compile GPU-hours, memory and GPUs per job of a validated
@@ -623,11 +643,12 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
 
     device = calibration.device
     own_memory = cfg.device_memory_gb * 1e9 if cfg.device_memory_gb else device.memory
+    meshes = run_meshes(cfg)
     projections = {}
     for name in PROJECT_ONTO:
         target = cal.SPECS[name]
         projections[name] = {**hours(target), "device": target.kind,
-                             "gpus_per_job": memory(plan, models, lengths, target.memory)["gpus_per_job"]}
+                             "gpus_per_job": memory(plan, models, lengths, target.memory, meshes)["gpus_per_job"]}
     per_question = plan.initial_rollouts + plan.targeted_rollouts
     return {
         **base, "device": device.kind, "peaks": device.peaks, "calibration": str(calibration.path),
@@ -639,7 +660,7 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
         "tokens_per_question": plan.tokens, "rollouts": questions * per_question, "tokens": questions * plan.tokens,
         **hours(None),
         "compiled_shapes": {f"{kind} {m.id}": n for kind, m, n in compiled},
-        "memory": memory(plan, models, lengths, own_memory),
+        "memory": memory(plan, models, lengths, own_memory, meshes),
         "projections": projections,
         "not_priced": "the context pre-pass (demonstrations, summaries) and host work (grading, tree, checkpoints)",
     }

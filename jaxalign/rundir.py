@@ -30,8 +30,16 @@ NOT_RESULT_KEYS = ("shard", "dry_run", "calibration_file", "calibration_device",
 
 
 def result_config(resolved: dict) -> dict:
-    """The part of a resolved config that shapes results."""
-    return {k: v for k, v in resolved.items() if k not in NOT_RESULT_KEYS}
+    """The part of a resolved config that shapes results. Meshes (``student.mesh``, ``teachers.NAME.mesh``)
+    are left out: a preempted job may resume on another allocation, and the rows agree across meshes to
+    float round-off (tests/test_mesh_run.py)."""
+    out = {k: v for k, v in resolved.items() if k not in NOT_RESULT_KEYS}
+    if isinstance(out.get("student"), dict):
+        out["student"] = {k: v for k, v in out["student"].items() if k != "mesh"}
+    if isinstance(out.get("teachers"), dict):
+        out["teachers"] = {name: {k: v for k, v in t.items() if k != "mesh"} if isinstance(t, dict) else t
+                           for name, t in out["teachers"].items()}
+    return out
 
 
 def config_hash(config: dict) -> str:

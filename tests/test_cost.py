@@ -354,3 +354,22 @@ def test_decode_steps_follow_the_queue_and_the_paged_what_if_costs_less():
     assert seconds["paged"] < seconds["built"]
     with pytest.raises(ConfigError, match="decode_cache='static'"):
         cost.question_plan(cfg, models, lengths, decode_cache="static")
+
+
+def test_the_forecast_reads_the_meshes():
+    """paper8 on 4 GPUs: the student's rows over data=4, each external teacher split model=4. The
+    per-device peak then fits one A100, and the job needs the meshes' 4 GPUs (one device: 3 A100s)."""
+    meshes = ["student.mesh={data: 4, model: 1}"] + [f"+teachers.Qwen3-{size}.mesh={{data: 1, model: 4}}"
+                                                     for size in ("4B", "8B", "14B")]
+    cfg, alone = paper_cfg(*meshes), paper_cfg()
+    models = cost.run_models(cfg)
+    calibration = synthetic([m.shape for m in models.distinct()])
+    f, one = cost.forecast(cfg, calibration, models=models), cost.forecast(alone, calibration, models=models)
+    assert f["memory"]["mesh_devices"] == 4 and f["memory"]["peak_gb"] < one["memory"]["peak_gb"] / 3
+    assert f["projections"]["A100"]["gpus_per_job"] == 4
+    assert one["projections"]["A100"]["gpus_per_job"] == 3 and "mesh_devices" not in one["memory"]
+    rows = {r["id"]: r for r in f["memory"]["models"]}
+    assert rows["Qwen/Qwen3-14B"]["mesh"] == {"data": 1, "model": 4}
+    assert rows["Qwen/Qwen3-14B"]["weights_per_device_gb"] < rows["Qwen/Qwen3-14B"]["weights_gb"] / 3
+    squeezed = cost.forecast(paper_cfg(*meshes, "device_memory_gb=10"), calibration, models=models)
+    assert squeezed["memory"]["fits"] is False and squeezed["memory"]["gpus_per_job"] is None

@@ -30,7 +30,7 @@ def _pinned_without(tmp_path, *keys: str) -> dict:
 
 
 def test_settings_added_since_at_their_defaults_resume(tmp_path):
-    old = _pinned_without(tmp_path, "topk_gkd_k", "student.mesh", "teachers.T.mesh")
+    old = _pinned_without(tmp_path, "topk_gkd_k", "budget.adaptive_step", "teachers.T.tilt")
     rundir.claim(tmp_path, _resolved())
     assert json.loads((tmp_path / "config.json").read_text()) == old  # the pin is left as it was
 
@@ -45,3 +45,11 @@ def test_a_changed_setting_is_still_refused(tmp_path):
     _pinned_without(tmp_path, "topk_gkd_k")
     with pytest.raises(ConfigError, match="seed: 0 there, 1 now"):
         rundir.claim(tmp_path, _resolved(seed=1))
+
+
+def test_a_run_resumes_on_another_mesh(tmp_path):
+    """Meshes do not pin a directory: a preempted job may come back on another allocation."""
+    from jaxalign.config import MeshConf, ModelConf
+
+    rundir.claim(tmp_path, _resolved())
+    rundir.claim(tmp_path, _resolved(student=ModelConf(mesh=MeshConf(data=4, model=2))))
