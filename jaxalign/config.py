@@ -10,10 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from jaxalign import tasks
 from jaxalign.errors import CheckpointError, ConfigError
@@ -334,7 +333,9 @@ def validate(cfg: RunConf, check_models: bool = True) -> None:
     if cfg.student.kind == "flax":
         _check_model("student.path", cfg.student.path, cfg.model_root,
                      ("budget.max_response_tokens", cfg.budget.max_response_tokens) if check_models else None)
-    _validate_meshes(cfg, check_models)
+    from jaxalign.meshes import validate_meshes  # checks config.json splits; imports jax lazily
+
+    validate_meshes(cfg, check_models)
 
 
 def _validate_dataset(cfg: RunConf) -> None:
@@ -395,200 +396,3 @@ def _validate_teacher(cfg: RunConf, key: str, t: TeacherConf, check_models: bool
     if t.kind == "external":
         _check_model(key + ".model", t.model, cfg.model_root,
                      ("budget.max_response_tokens", cfg.budget.max_response_tokens) if check_models else None)
-
-
-# ----------------------------------------------------------------------------- meshes
-def _check_mesh_sizes(key: str, mesh: MeshConf) -> None:
-    """Raises ConfigError unless ``model`` >= 1 and ``data`` >= 1 or -1 (integers)."""
-    for field in ("data", "model"):
-        value = getattr(mesh, field)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}.{field}: {value!r} is not an integer")
-    if mesh.model < 1:
-        raise ConfigError(f"{key}.model: {mesh.model} must be >= 1 (the devices that split one copy of the model)")
-    if mesh.data < 1 and mesh.data != -1:
-        raise ConfigError(f"{key}.data: {mesh.data} must be >= 1, or -1 for all the devices that model={mesh.model} "
-                          "leaves")
-
-
-def _mesh_text(mesh: MeshConf) -> str:
-    return f"{{data: {mesh.data}, model: {mesh.model}}}"
-
-
-def model_meshes(cfg: RunConf) -> dict[str, tuple[str, MeshConf]]:
-    """The mesh of each model of the main phase: model id -> (the setting that gives it, the mesh).
-
-    The student (and the self teachers, on its weights) has ``student.mesh``; an external teacher
-    ``teachers.NAME.mesh``, or the student's when it sets none. A model is loaded once, so two
-    settings that give one model two meshes are a ConfigError. Context models (demonstrations,
-    summaries) are not listed: they run on the student's mesh.
-    """
-    out = {cfg.student.path: ("student.mesh", cfg.student.mesh)}
-    for name, t in cfg.teachers.items():
-        if t.kind != "external" or not t.model:
-            continue
-        key, mesh = (f"teachers.{name}.mesh", t.mesh) if t.mesh is not None else ("student.mesh", cfg.student.mesh)
-        if t.model in out and out[t.model][1] != mesh:
-            other, theirs = out[t.model]
-            raise ConfigError(f"{key}: {t.model} is loaded once, but {other} gives it {_mesh_text(theirs)} and {key} "
-                              f"{_mesh_text(mesh)}; give both the same mesh")
-        out.setdefault(t.model, (key, mesh))
-    return out
-
-
-def resolve_mesh(key: str, mesh: MeshConf, devices: int) -> tuple[int, int]:
-    """(data, model) of ``mesh`` on ``devices`` devices (data=-1: all that model leaves); raises
-    ConfigError, naming ``key`` and the fix, when the mesh needs more devices than there are."""
-    if mesh.data == -1:
-        if mesh.model > devices or devices % mesh.model:
-            raise ConfigError(f"{key}: model={mesh.model} with data=-1 needs a multiple of {mesh.model} devices, but "
-                              f"jax sees {devices}; request such a multiple (hydra.launcher.gpus_per_node), or give "
-                              "data explicitly")
-        return devices // mesh.model, mesh.model
-    need = mesh.data * mesh.model
-    if need > devices:
-        raise ConfigError(f"{key}: data={mesh.data} x model={mesh.model} needs {need} devices, but jax sees {devices}; "
-                          f"run the job with {need} GPUs (launch/sweep.sh asks SLURM for them) or shrink the mesh")
-    return mesh.data, mesh.model
-
-
-def _check_spans(spans: dict[str, int]) -> None:
-    """Every mesh of more than one device must span the same devices: Phase 1 and 2 compute on the
-    student's and the teachers' log-probs together, and jit refuses arrays on different device sets."""
-    wide = {key: span for key, span in spans.items() if span > 1}
-    if len(set(wide.values())) > 1:
-        shown = ", ".join(f"{key} spans {span}" for key, span in wide.items())
-        raise ConfigError(f"{next(iter(wide))}: the meshes span different numbers of devices ({shown}). The student's "
-                          "and the teachers' log-probs meet in one computation, so every mesh of more than one device "
-                          "must span the same devices: make data x model equal (e.g. {data: 2, model: 2} and "
-                          "{data: 1, model: 4}), or use data=-1")
-
-
-def _context_models(cfg: RunConf) -> dict[str, str]:
-    """Context models other than the student: model id -> the setting that names it."""
-    out = {}
-    for name, t in cfg.teachers.items():
-        if t.kind != "self":
-            continue
-        for field in ("source", "summarizer"):
-            model = getattr(t, field)
-            if model and model != RULE and model != cfg.student.path:
-                out.setdefault(model, f"teachers.{name}.{field}")
-    return out
-
-
-def _check_mesh_splits(key: str, path: str, model_root: Optional[str], model: int, role: str = "") -> None:
-    """A tensor-parallel size must divide the heads, the MLP hidden and the vocabulary of the model's
-    config.json (:func:`jaxalign.models.sharding.rules_for`), when it is on disk; no weights are read."""
-    if model == 1:
-        return
-    directory = Path(resolve_model_path(path, model_root)).expanduser()
-    if not (directory / "config.json").is_file():
-        return  # a hub id not downloaded yet: the job checks it again before loading
-    from jax.sharding import AbstractMesh
-
-    from jaxalign.models.config import load_config
-    from jaxalign.models.sharding import DATA, MODEL, rules_for
-
-    try:
-        model_cfg = load_config(directory)
-    except CheckpointError:
-        return  # the loader names a broken config.json, with its own message
-    try:
-        rules_for(model_cfg, AbstractMesh((1, model), (DATA, MODEL)))
-    except ConfigError as err:
-        raise ConfigError(f"{key}.model: {err} ({path}{role})") from err
-
-
-def check_meshes(cfg: RunConf) -> dict[str, tuple[str, MeshConf]]:
-    """The checks that need neither devices nor model files: sizes, meshes only on the student and
-    external teachers, one mesh per model, equal spans of the meshes with a fixed ``data``.
-    Returns :func:`model_meshes` ({} for an exact student)."""
-    _check_mesh_sizes("student.mesh", cfg.student.mesh)
-    for name, t in cfg.teachers.items():
-        if t.mesh is None:
-            continue
-        key = f"teachers.{name}.mesh"
-        if t.kind == "self":
-            raise ConfigError(f"{key}: a self teacher runs on the student's weights, so on the student's mesh; "
-                              f"remove {key} and set student.mesh instead")
-        if t.kind != "external":
-            raise ConfigError(f"{key}: {t.kind} teachers compute on the host, without a mesh; remove {key}")
-        _check_mesh_sizes(key, t.mesh)
-    if cfg.student.kind == "exact":
-        if cfg.student.mesh != MeshConf():
-            raise ConfigError("student.mesh: exact models compute on the host, without a mesh; remove student.mesh")
-        return {}
-    meshes = model_meshes(cfg)
-    _check_spans({key: m.data * m.model for key, m in meshes.values() if m.data != -1})
-    return meshes
-
-
-def _validate_meshes(cfg: RunConf, check_models: bool) -> None:
-    """:func:`check_meshes`; with ``check_models``, the splits against each model's config.json and,
-    outside dry runs, the devices jax sees."""
-    meshes = check_meshes(cfg)
-    if not check_models or not meshes:
-        return
-    for model, (key, mesh) in meshes.items():
-        _check_mesh_splits(key, model, cfg.model_root, mesh.model)
-    for model, key in _context_models(cfg).items():
-        _check_mesh_splits("student.mesh", model, cfg.model_root, cfg.student.mesh.model,
-                           f", named by {key}, runs on the student's mesh")
-    if cfg.dry_run or all(m == MeshConf() for _, m in meshes.values()):
-        return  # a dry run prices the job, it need not run here; one-device meshes need no device count
-    import jax
-
-    devices = jax.device_count()
-    _check_spans({key: math.prod(resolve_mesh(key, m, devices)) for key, m in meshes.values()})
-
-
-def mesh_devices(cfg: RunConf) -> Optional[int]:
-    """The devices a job of ``cfg`` needs for its meshes: the largest data x model of the student and
-    the external teachers. None when no mesh fixes it: every mesh is one device, or takes all the
-    devices it is given (data=-1), so the launcher's count stays as given."""
-    if cfg.student.kind == "exact":
-        return None
-    spans = [m.data * m.model for _, m in model_meshes(cfg).values() if m.data != -1]
-    return max(spans) if spans and max(spans) > 1 else None
-
-
-def sweep_devices(overrides: Sequence[str]) -> Optional[int]:
-    """The largest :func:`mesh_devices` of the jobs of a sweep (Hydra overrides, comma lists expanded
-    as the basic sweeper does): one SLURM array asks for one GPU count. ``hydra.`` overrides are
-    left out. Each job's meshes are checked first (:func:`check_meshes`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    job_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(job_overrides), None)
-            for job in batch]
-    register_schema()
-    counts = []
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        for job in jobs:
-            cfg = from_omegaconf(compose(config_name="config", overrides=list(job)))
-            check_meshes(cfg)
-            counts.append(mesh_devices(cfg))
-    fixed = [c for c in counts if c is not None]
-    return max(fixed) if fixed else None
-
-
-def sweep_devices_main(argv: Sequence[str]) -> int:
-    """launch/sweep.sh's GPU count: prints :func:`sweep_devices` of the overrides ``argv`` (nothing
-    when no mesh fixes it); a bad mesh is named on stderr, exit status 2."""
-    import sys
-
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        count = sweep_devices(argv)
-    except (ConfigError, HydraException, OmegaConfBaseException) as err:
-        print(f"sweep.sh: configuration error, nothing submitted: {' '.join(str(err).splitlines()[:2])}",
-              file=sys.stderr)
-        return 2
-    if count is not None:
-        print(count)
-    return 0

@@ -594,7 +594,8 @@ def run_meshes(cfg) -> Optional[dict[str, tuple[int, int]]]:
     """Model id -> (data, model) of the run's meshes (``student.mesh``, ``teachers.NAME.mesh``), or
     None when every model is on one device. ``data=-1`` (all the devices a job gets) counts as 1: the
     per-device cache is then the whole batch's, an upper bound."""
-    from jaxalign.config import MeshConf, model_meshes
+    from jaxalign.config import MeshConf
+    from jaxalign.meshes import model_meshes
 
     meshes = model_meshes(cfg)
     if all(mesh == MeshConf() for _, mesh in meshes.values()):

@@ -15,7 +15,7 @@
 # Extra launcher settings pass through as overrides, e.g. hydra.launcher.timeout_min=600
 # hydra.launcher.gpus_per_node=2. With --slurm or --local, each job asks for the GPUs its meshes
 # need: the largest data x model of student.mesh and teachers.NAME.mesh over the sweep's jobs
-# (python: jaxalign.config.sweep_devices). A mesh with data=-1 takes the GPUs it is given, so
+# (python: jaxalign.meshes.sweep_devices). A mesh with data=-1 takes the GPUs it is given, so
 # it leaves the launcher's gpus_per_node as it is; a gpus_per_node among the OVERRIDEs always wins.
 # The interpreter is $PYTHON if set, else the repository's
 # .venv/bin/python, else python3 from PATH: the first of them that has jaxalign installed.
@@ -67,7 +67,7 @@ sharding=()
 [ "$shards" -gt 1 ] && sharding=("shard.count=$shards" "shard.index=range($shards)")
 if [ ${#launcher[@]} -gt 0 ]; then
   # the GPUs the meshes need, before the OVERRIDEs so that a gpus_per_node given there wins
-  gpus=$("$PYTHON" -c 'import sys; from jaxalign.config import sweep_devices_main as m; sys.exit(m(sys.argv[1:]))' \
+  gpus=$("$PYTHON" -c 'import sys; from jaxalign.meshes import sweep_devices_main as m; sys.exit(m(sys.argv[1:]))' \
     "$@") || exit 2
   [ -n "$gpus" ] && launcher+=("hydra.launcher.gpus_per_node=$gpus")
 fi

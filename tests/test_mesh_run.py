@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxalign import meshes
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "jaxalign" / "assets" / "toy"
 PADDED_VOCAB = 104  # divisible by 2, 4 and 8
@@ -224,7 +226,7 @@ def test_defaults_are_one_device_and_no_mesh(tmp_path):
     cfg = _validated()
     assert cfg.student.mesh == C.MeshConf(1, 1) and all(t.mesh is None for t in cfg.teachers.values())
     assert job_meshes(cfg, list(model_roles(cfg))) == {"toy:student": (1, 1), "toy:teacher": (1, 1)}
-    assert C.mesh_devices(cfg) is None
+    assert meshes.mesh_devices(cfg) is None
     models = JobModels(cfg, model_roles(cfg), cfg.student.path)
     assert models.mesh("toy:student") is None and models.mesh("toy:teacher") is None  # loaded as before meshes
 
@@ -268,13 +270,13 @@ def test_data_minus_one_takes_the_devices_model_leaves():
     from jaxalign import config as C
     from jaxalign.errors import ConfigError
 
-    assert C.resolve_mesh("k", C.MeshConf(-1, 2), 8) == (4, 2)
-    assert C.resolve_mesh("k", C.MeshConf(-1, 1), 1) == (1, 1)
-    assert C.resolve_mesh("k", C.MeshConf(2, 4), 8) == (2, 4)
+    assert meshes.resolve_mesh("k", C.MeshConf(-1, 2), 8) == (4, 2)
+    assert meshes.resolve_mesh("k", C.MeshConf(-1, 1), 1) == (1, 1)
+    assert meshes.resolve_mesh("k", C.MeshConf(2, 4), 8) == (2, 4)
     with pytest.raises(ConfigError, match="k: model=3 with data=-1 needs a multiple of 3 devices, but jax sees 8"):
-        C.resolve_mesh("k", C.MeshConf(-1, 3), 8)
+        meshes.resolve_mesh("k", C.MeshConf(-1, 3), 8)
     with pytest.raises(ConfigError, match="k: data=2 x model=8 needs 16 devices, but jax sees 8"):
-        C.resolve_mesh("k", C.MeshConf(2, 8), 8)
+        meshes.resolve_mesh("k", C.MeshConf(2, 8), 8)
 
 
 def test_device_counts_are_checked_in_the_job_only():
@@ -288,5 +290,5 @@ def test_device_counts_are_checked_in_the_job_only():
     C.validate(C.from_omegaconf(composed("student.mesh.data=4")), check_models=False)
     with pytest.raises(ConfigError, match="jax sees 1"):
         _validated("student.mesh.data=4")
-    assert C.mesh_devices(C.from_omegaconf(composed("student.mesh.data=4"))) == 4
-    assert C.mesh_devices(C.from_omegaconf(composed("student.mesh={data: -1, model: 1}"))) is None
+    assert meshes.mesh_devices(C.from_omegaconf(composed("student.mesh.data=4"))) == 4
+    assert meshes.mesh_devices(C.from_omegaconf(composed("student.mesh={data: -1, model: 1}"))) is None

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from jaxalign import config as C
 from jaxalign.errors import ConfigError
+from jaxalign.meshes import model_meshes, resolve_mesh
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,14 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
 
 def job_meshes(cfg: C.RunConf, model_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
     """model id -> its resolved (data, model): the student's and external teachers' settings
-    (:func:`jaxalign.config.model_meshes`), the student's for context models. jax's device count
+    (:func:`jaxalign.meshes.model_meshes`), the student's for context models. jax's device count
     is read only when some mesh is not one device."""
-    meshes = C.model_meshes(cfg)
+    meshes = model_meshes(cfg)
     chosen = {m: meshes.get(m, ("student.mesh", cfg.student.mesh)) for m in model_ids}
     if all(mesh == C.MeshConf() for _, mesh in chosen.values()):
         return {m: (1, 1) for m in model_ids}
     devices = jax.device_count()
-    return {m: C.resolve_mesh(key, mesh, devices) for m, (key, mesh) in chosen.items()}
+    return {m: resolve_mesh(key, mesh, devices) for m, (key, mesh) in chosen.items()}
 
 
 class JobModels:
