@@ -9,11 +9,14 @@ One call samples ``counts[i]`` completions of each of several prefixes (prompt +
 * plain (``fork=False``): every row prefills its own copy of its prefix. This is the naive
   baseline, and the reference the forked layout is tested against.
 
-The whole decode loop runs inside one ``jax.jit`` (``lax.while_loop``), which stops when every row
-has produced an EOS or the limit is reached. The KV caches live in the loop carry and are
-updated in place (one ``dynamic_update_slice`` per step). Shapes are bucketed to powers of two:
-rows per prefix, number of prefixes, prefix length and new-token buffer. So a sweep compiles once
-per bucket touched, never once per length; :data:`COMPILES` counts traces per layout.
+The whole decode loop runs inside one ``jax.jit`` (``lax.while_loop``), which stops when every
+completion has produced an EOS or reached the limit. The KV caches live in the loop carry and are
+updated in place, one token slot per row and step. In the forked layout a call queues more
+completions than it has decode rows: a row whose completion ends starts its prefix's next one
+(:func:`_sample_forked`, :func:`queue_layout`). Shapes are bucketed: completions per prefix, prefix
+length and new-token buffer to powers of two, the number of prefixes to three significant bits.
+So a sweep compiles once per bucket touched, never once per length; :data:`COMPILES` counts
+traces per layout.
 
 Randomness: row r draws step t from ``fold_in(fold_in(key, row_id[r]), t)`` with the Gumbel-max
 trick on float32 logits. A row's tokens therefore depend on (key, row id, prefix) alone: not on
@@ -174,8 +177,9 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
         takes = ended & (candidate < count[:, None])
         job = jnp.where(ended, jnp.where(takes, candidate, -1), job.reshape(ended.shape)).reshape(rows)
         fresh = takes.reshape(rows)
-        return (job, jnp.where(fresh, 0, drawn), jnp.where(fresh, 0, jnp.maximum(nxt, 0)), fresh, cache, out,
-                lengths, queued + jnp.sum(takes, axis=1, dtype=jnp.int32))
+        # a fresh row restarts at slot 0; so does an idle one, so that it never widens the attention window
+        return (job, jnp.where(fresh | (job < 0), 0, drawn), jnp.where(fresh, 0, jnp.maximum(nxt, 0)), fresh, cache,
+                out, lengths, queued + jnp.sum(takes, axis=1, dtype=jnp.int32))
 
     zeros = jnp.zeros(rows, jnp.int32)
     state = (job, zeros, zeros, job >= 0, suffix, out, lengths, jnp.minimum(count, per_prefix))
@@ -267,6 +271,8 @@ def sample(
     prefixes = [np.asarray(p, np.int32).ravel() for p in prefixes]
     max_len = cfg.max_position_embeddings if max_len is None else max_len
     _validate(prefixes, counts, max_new_tokens, temperature, max_len, eos_ids)
+    if max_rows < 1 or (max_queued is not None and max_queued < 1):
+        raise ConfigError(f"max_rows={max_rows} and max_queued={max_queued} must be >= 1")
     row_ids = row_offset + np.concatenate([[0], np.cumsum(counts)])[:-1]
     tokens_out = np.full((sum(counts), max_new_tokens), -1, np.int64)
     lengths_out = np.zeros(sum(counts), np.int64)

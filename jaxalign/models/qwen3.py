@@ -16,8 +16,9 @@ attention softmax and the final logits are always fp32. With fp32 params every m
 
 The KV cache (per layer ``[B, K, S, H]``) is left-padded with one write index shared by the batch:
 row ``b`` holds valid keys in slots ``[start[b], end)``, and a step of T tokens writes slots
-``[end, end + T)``. Writing is then one ``dynamic_update_slice``, not a scatter. Example, B=2, S=6, after a 3-token prefill where row 1
-had a 2-token prompt (one pad)::
+``[end, end + T)``. Writing is then one ``dynamic_update_slice``, not a scatter. (The queued decoder
+gives each row its own ``end`` [B] instead, one token per step, written by a vmapped update.)
+Example, B=2, S=6, after a 3-token prefill where row 1 had a 2-token prompt (one pad)::
 
     slot      0  1  2  3  4  5
     row 0     a  b  c  .  .  .    start=0

@@ -120,6 +120,43 @@ def test_a_queued_call_stops_at_the_limit_and_after_the_last_completion(params):
     np.testing.assert_array_equal(out.tokens, plain.tokens)
 
 
+def test_idle_rows_never_widen_the_attention_window(params, monkeypatch):
+    """A prefix whose queue is empty leaves its row idle; the window is chosen from the furthest
+    *active* row's slot (at most limit - 2), never from a row that stopped."""
+    import dataclasses
+
+    from jaxalign.models import qwen3
+
+    ends, attend = [], qwen3._cache_attention
+
+    def spy(q, k, v, start, end, prec):
+        if jnp.ndim(end) == 1:
+            jax.debug.callback(lambda e: ends.append(np.asarray(e)), end)
+        return attend(q, k, v, start, end, prec)
+
+    monkeypatch.setattr(qwen3, "_cache_attention", spy)
+    cfg = dataclasses.replace(CFG, max_position_embeddings=2048)
+    limit = 40
+    out = sample(params, cfg, _prefixes([5, 7], seed=11), [1, 24], max_new_tokens=limit, key=jax.random.key(3),
+                 eos_ids=(63,), max_rows=2, max_queued=64)
+    ends = np.stack(ends)  # [steps, rows]
+    assert len(ends) > 2 * limit and out.lengths[0] < len(ends) // 2  # row 0 idles for most of the call
+    assert ends.max() <= limit - 2
+
+
+def test_queued_completions_cross_attention_windows(params):
+    """Completions of 300 tokens in a 512-slot cache (windows 256 and 512), two queued per row."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, max_position_embeddings=1024)
+    kwargs = dict(max_new_tokens=300, key=jax.random.key(5), eos_ids=(CFG.vocab_size,))  # an id never drawn
+    prefixes = _prefixes([6, 3], seed=12)
+    queued = sample(params, cfg, prefixes, [4, 3], max_rows=4, max_queued=16, **kwargs)
+    plain = sample(params, cfg, prefixes, [4, 3], fork=False, **kwargs)
+    assert (queued.lengths == 300).all()
+    np.testing.assert_array_equal(queued.tokens, plain.tokens)
+
+
 def test_a_row_does_not_depend_on_padding_or_neighbours(params):
     a, long_neighbour = _prefixes([3, 40], seed=5)
     key = jax.random.key(9)
@@ -222,6 +259,8 @@ def test_bad_input_is_named(params):
         sample(params, CFG, [np.zeros(3, np.int32)], [1], max_new_tokens=4, key=jax.random.key(0), eos_ids=())
     with pytest.raises(ConfigError, match="counts"):
         sample(params, CFG, [np.zeros(3, np.int32)], [1, 2], **kwargs)
+    with pytest.raises(ConfigError, match="max_queued=0 must be >= 1"):
+        sample(params, CFG, [np.zeros(3, np.int32)], [2], max_queued=0, **kwargs)
 
 
 def test_flax_policy_implements_the_protocol(params):
