@@ -165,16 +165,17 @@ def decode_step_work(shape: Shape, rows: int, slots: int, prefixes: int = 0,
     return flops, float(data)
 
 
-def prefill_work(shape: Shape, tokens: int, slots: int, chunk: int) -> tuple[float, float]:
-    """(FLOPs, bytes) of a chunked prefill of ``tokens`` tokens into a ``slots``-slot cache.
+def prefill_work(shape: Shape, tokens: int, slots: int, chunk: int, rows: int = 1) -> tuple[float, float]:
+    """(FLOPs, bytes) of a chunked prefill of ``tokens`` tokens into ``rows`` caches of ``slots`` slots.
 
-    ceil(tokens / chunk) steps each read the layers' weights and attend ``chunk`` queries to the
-    whole cache (the engine's :func:`jaxalign.engine.scoring._prefill_hidden`).
+    ceil(tokens / chunk) steps each read the layers' weights and attend ``chunk`` queries (all rows
+    together) to the whole cache (the engine's :func:`jaxalign.engine.scoring._prefill_hidden`; with
+    ``rows`` > 1, :func:`~jaxalign.engine.scoring.token_logprobs`' batched rows).
     """
     steps = -(-tokens // chunk)
     flops = (2.0 * steps * chunk * shape.layers * shape.layer_matmul_params
              + _attention_flops(shape, steps * chunk, slots))
-    data = steps * (shape.layers * shape.layer_params * shape.itemsize + slots * shape.kv_bytes_per_slot)
+    data = steps * (shape.layers * shape.layer_params * shape.itemsize + rows * slots * shape.kv_bytes_per_slot)
     return flops, float(data)
 
 
@@ -419,8 +420,9 @@ def probe_decode(shape: Shape, rows: int, slots: int) -> dict:
     first, one = _first_and_best(call(1))
     early = one if short == 1 else best_time(call(short))
     step = max(best_time(call(long)) - early, 0.0) / (long - short)
+    # a call of limit 1 runs one step (the first token is drawn inside the loop): the rest is the call's cost
     return {"kind": "decode", "layers": shape.layers, "rows": rows, "slots": slots, "seconds": step,
-            "call_s": one, "compile_s": first - one,
+            "call_s": max(one - step, 0.0), "compile_s": first - one,
             "roofline_work": decode_step_work(shape, rows, slots, 1, PROBE_PREFIX)}
 
 

@@ -9,7 +9,7 @@ buckets, static caches), and lists every device call it will make:
            targeted  per depth window, (top_k + top_r) pairs x N_min rollouts from prefix + token
                      (adaptive: the measured adaptive/fixed ratio of docs/benchmarks.md)
   Phase 2  scoring   every model's pass over the 4 paths (the student's shared by all teachers)
-           MiniLLM   every model's pass over each counted initial rollout (teacher reward-to-go)
+           MiniLLM   every model's batched pass over the counted initial rollouts (teacher reward-to-go)
 
 Each call is priced by the device calibration (:mod:`jaxalign.calibrate`), never a typed
 throughput: ``seconds = overhead + roofline / efficiency`` with the kernel's measured efficiency.
@@ -40,7 +40,7 @@ from typing import Iterable, Optional, Sequence
 
 from jaxalign import calibrate as cal
 from jaxalign.calibrate import Shape
-from jaxalign.engine.scoring import DEFAULT_PREFILL_CHUNK, DEFAULT_SCORE_CHUNK as SCORE_CHUNK_POSITIONS
+from jaxalign.engine.scoring import DEFAULT_PREFILL_CHUNK, DEFAULT_SCORE_CHUNK as SCORE_CHUNK_POSITIONS, scored_rows_layout
 from jaxalign.enrich import depth_windows
 from jaxalign.errors import ConfigError, JaxalignError
 from jaxalign.pipeline.models import STANDIN_MARKER, WEIGHT_SHARE
@@ -308,13 +308,14 @@ def mean_window(slots: int, steps: float, longest: int) -> float:
 
 
 def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest: int, max_rows: int,
-                  mean: Optional[float] = None) -> list[SamplerCall]:
+                  mean: Optional[float] = None, min_rows: int = 1) -> list[SamplerCall]:
     """The calls of one ``sample(prefixes, counts, max_new_tokens=limit)``, split and laid out as the
     engine does (:func:`jaxalign.engine.sampling._chunks`, :func:`~jaxalign.engine.sampling.queue_layout`).
 
     A call's busiest row runs ``rounds`` = ceil(completions / rows) of its prefix's completions back to
     back: ``(rounds - 1) x mean + longest`` steps (one row per completion: the longest, capped at the
-    limit). Rollouts are ``mean`` tokens long on average.
+    limit). Rollouts are ``mean`` tokens long on average. ``min_rows``: the student mesh's ``data``
+    size, which the engine rounds rows per prefix up to.
     """
     from jaxalign.engine.sampling import QUEUE_FACTOR, _chunks, bucket, queue_layout
 
@@ -322,7 +323,7 @@ def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest
     longest = max(1, min(limit, longest))
     mean = min(float(longest), mean if mean is not None else float(longest))
     for chunk in _chunks(list(counts), max_rows, QUEUE_FACTOR * max_rows):
-        prefixes, columns, rows = queue_layout(chunk, max_rows)
+        prefixes, columns, rows = queue_layout(chunk, max_rows, min_rows)
         rounds = -(-max(c for _, _, c in chunk) // rows)
         steps = int(math.ceil((rounds - 1) * mean + longest))
         new_slots = bucket(limit, 8)
@@ -385,6 +386,30 @@ class QuestionPlan:
     tokens: float
     calls: tuple[SamplerCall, ...]
     work: tuple[Work, ...]
+    minillm_rollouts: int = 0  # rollouts each model scores for MiniLLM's reward-to-go (0: not computed)
+
+
+def minillm_rollouts(cfg) -> int:
+    """The stored rollouts each model scores for MiniLLM (``minillm_mc`` among the run's algorithms
+    and some teacher): the counted initial ones (:mod:`jaxalign.pipeline.minillm`); else 0."""
+    if "minillm_mc" not in cfg.algorithms or not cfg.teachers:
+        return 0
+    return cfg.budget.num_initial - (0 if cfg.include_path_rollout else PATHS)
+
+
+def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, longest: int,
+                       rollouts: int) -> list[Work]:
+    """:func:`jaxalign.engine.scoring.token_logprobs` over ``rollouts`` rollouts of ``response`` tokens on
+    average: per call of :func:`~jaxalign.engine.scoring.scored_rows_layout`'s rows, the prompt's prefill
+    once, the rows' batched prefill, and the projection of every row position."""
+    rows, chunk, slots = scored_rows_layout(rollouts, longest)
+    calls = -(-rollouts // rows)
+    prompt_chunk, prompt_slots = cal.prefill_layout(prompt, DEFAULT_PREFILL_CHUNK)
+    steps = -(-response // chunk)
+    return [Work(phase, "prefill", model, calls, (prompt_slots, prompt_slots, prompt_chunk)),
+            Work(phase, "prefill", model, calls, (rows * response, slots + prompt_slots, rows * chunk, rows),
+                 overhead=False),
+            Work(phase, "project", model, calls * steps, (rows * chunk,))]
 
 
 def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[int] = None,
@@ -396,13 +421,15 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     b, student = cfg.budget, models.student
     max_rows = max_rows or sampler_max_rows()
     cap, m, longest, prompt = b.max_response_tokens, lengths.response, lengths.longest, lengths.prompt
+    data = max(cfg.student.mesh.data, 1)  # data=-1 (all the devices a job gets) is priced as 1
     work: list[Work] = []
     calls: list[SamplerCall] = []
 
     # Phase 1, initial rollouts: batches of batch_rollouts from the prompt alone
     tokens = float(b.num_initial * m)
     for first in range(0, b.num_initial, b.batch_rollouts):
-        calls += sampler_calls([min(b.batch_rollouts, b.num_initial - first)], prompt, cap, longest, max_rows, m)
+        calls += sampler_calls([min(b.batch_rollouts, b.num_initial - first)], prompt, cap, longest, max_rows, m,
+                               data)
 
     # Phase 1, the planner's pass: every model over the 4 paths (a self teacher with its context)
     scored = [(student, prompt)] + [(t.model, prompt + t.demonstrations * m) for t in models.teachers]
@@ -421,7 +448,7 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
         counts = [step] * int(math.ceil(rounds))
         for batch in _plan_batches(counts, b.batch_rollouts):
             calls += sampler_calls(batch, prompt + depth + 1, max(1, cap - depth - 1), max(1, longest - depth - 1),
-                                   max_rows, max(1, m - depth - 1))
+                                   max_rows, max(1, m - depth - 1), data)
         targeted += pairs * per_pair
         tokens += pairs * per_pair * max(1, m - depth - 1)
     work += _sampling_work("phase1", student, calls, decode_cache)
@@ -429,11 +456,11 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     # Phase 2: every model over the 4 paths; MiniLLM: every model over each counted initial rollout
     for model, model_prompt in scored:
         work += _forward_work("phase2", model, model_prompt + m, m, PATHS, DEFAULT_PREFILL_CHUNK)
-    if "minillm_mc" in PipelineConfig().algorithms and models.teachers:
-        counted = b.num_initial - (0 if cfg.include_path_rollout else PATHS)
+    counted = minillm_rollouts(cfg) if models.teachers else 0
+    if counted:
         for model, model_prompt in scored:
-            work += _forward_work("phase2", model, model_prompt + m, m, counted, DEFAULT_PREFILL_CHUNK)
-    return QuestionPlan(len(windows), b.num_initial, targeted, tokens, tuple(calls), tuple(work))
+            work += _rows_scoring_work("phase2", model, model_prompt, m, longest, counted)
+    return QuestionPlan(len(windows), b.num_initial, targeted, tokens, tuple(calls), tuple(work), counted)
 
 
 # ----------------------------------------------------------------------------- compilation and memory
@@ -497,6 +524,16 @@ def sampler_cache_bytes(s: Shape, rows: int, new_slots: int, prefixes: int, pref
     return (own * new_slots + prefixes * prefix_slots) * slot + 3 * own * _split(s.vocab, model) * 4 + tokens
 
 
+def rows_scoring_bytes(s: Shape, rollouts: int, prompt: int, longest: int, model: int = 1) -> tuple[int, str]:
+    """One device's bytes of a MiniLLM scoring call (:func:`jaxalign.engine.scoring.token_logprobs`) and
+    its size in words: the rows' caches [rows, K, slots, H], the prompt's once, and four float32
+    [rows x positions, V] arrays of a step (V over ``model``); not split over ``data``."""
+    rows, chunk, slots = scored_rows_layout(rollouts, longest)
+    _, prompt_slots = cal.prefill_layout(prompt, DEFAULT_PREFILL_CHUNK)
+    nbytes = (rows * slots + prompt_slots) * kv_slot_bytes_per_device(s, model) + 4 * rows * chunk * _split(s.vocab, model) * 4
+    return nbytes, f"{rows} rows x {slots} slots + a {prompt_slots}-slot prompt"
+
+
 def scoring_cache_bytes(s: Shape, tokens: int, model: int = 1) -> int:
     """One device's bytes of a scored path of ``tokens`` tokens (:func:`jaxalign.engine.scoring.path_hidden`,
     one row, not split over ``data``): its KV cache and hidden states [slots, D] at the chunked
@@ -536,7 +573,8 @@ def model_memory(plan: QuestionPlan, models: RunModels, lengths: Lengths,
     """Per distinct model (student first): weights and its largest KV cache on one device. The student
     samples (:func:`sampler_cache_bytes` of the plan's widest call) and is scored; every model scores
     its longest path (:func:`scoring_cache_bytes`: its longest prompt, a self teacher's with its
-    demonstrations, plus the longest response). ``meshes``: model id -> (data, model), default (1, 1)."""
+    demonstrations, plus the longest response) and, for MiniLLM, batches of the stored rollouts
+    (:func:`rows_scoring_bytes`). ``meshes``: model id -> (data, model), default (1, 1)."""
     out = []
     for model in models.distinct():
         s = model.shape
@@ -545,6 +583,10 @@ def model_memory(plan: QuestionPlan, models: RunModels, lengths: Lengths,
                                                  for t in models.teachers if t.model.id == model.id])
         tokens = longest_prompt + lengths.longest
         cache, kind, size = scoring_cache_bytes(s, tokens, tp), "scoring", f"{tokens} tokens"
+        if plan.minillm_rollouts:
+            rows, rows_size = rows_scoring_bytes(s, plan.minillm_rollouts, longest_prompt, lengths.longest, tp)
+            if rows > cache:
+                cache, kind, size = rows, "MiniLLM scoring", rows_size
         if model is models.student:
             widest = widest_call(plan, s, data, tp)
             decode = call_bytes(s, widest, data, tp)

@@ -59,7 +59,7 @@ _NO_DEFAULT = object()
 
 
 def _default(key: str):
-    """The schema's default of a flattened setting ('budget.n_min', 'teachers.NAME.mesh.data'), or a
+    """The schema's default of a flattened setting ('budget.n_min', 'teachers.NAME.tilt'), or a
     sentinel that equals nothing when the key has none."""
     from jaxalign.config import RunConf, TeacherConf
 

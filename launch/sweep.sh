@@ -67,7 +67,7 @@ sharding=()
 [ "$shards" -gt 1 ] && sharding=("shard.count=$shards" "shard.index=range($shards)")
 if [ ${#launcher[@]} -gt 0 ]; then
   # the GPUs the meshes need, before the OVERRIDEs so that a gpus_per_node given there wins
-  gpus=$("$PYTHON" -c 'import sys; from jaxalign.meshes import sweep_devices_main as m; sys.exit(m(sys.argv[1:]))' \
+  gpus=$("$PYTHON" -P -c 'import sys; from jaxalign.meshes import sweep_devices_main as m; sys.exit(m(sys.argv[1:]))' \
     "$@") || exit 2
   [ -n "$gpus" ] && launcher+=("hydra.launcher.gpus_per_node=$gpus")
 fi

@@ -186,18 +186,30 @@ def test_paper_budget_counts_and_tokens_by_hand():
 
 
 def test_phase_two_prices_every_teacher_and_minillm():
+    """Every model scores the 4 paths (one prefill each) and, for MiniLLM, the counted rollouts in
+    batched calls: one prompt prefill and one batched prefill of the rows per call."""
+    from jaxalign.engine.scoring import scored_rows_layout
+
     cfg = paper_cfg()
     models = cost.run_models(cfg)
-    plan = cost.question_plan(cfg, models, cost.trace_lengths(cfg))
-    passes = {}
+    lengths = cost.trace_lengths(cfg)
+    plan = cost.question_plan(cfg, models, lengths)
+    prefills, rows_tokens = {}, {}
     for w in plan.work:
         if w.kind == "prefill" and w.phase == "phase2":
-            passes[w.model.id] = passes.get(w.model.id, 0) + w.count
+            prefills[w.model.id] = prefills.get(w.model.id, 0) + w.count
+            if len(w.size) == 4:  # the batched rows
+                rows_tokens[w.model.id] = rows_tokens.get(w.model.id, 0) + w.count * w.size[0]
     counted = cfg.budget.num_initial - cost.PATHS
+    assert plan.minillm_rollouts == counted
+    rows = scored_rows_layout(counted, lengths.longest)[0]
+    calls = -(-counted // rows)
     self_teachers = sum(t.model.id == models.student.id for t in models.teachers)
-    assert passes[models.student.id] == (1 + self_teachers) * (cost.PATHS + counted)
+    assert prefills[models.student.id] == (1 + self_teachers) * (cost.PATHS + 2 * calls)
+    assert rows_tokens[models.student.id] == (1 + self_teachers) * calls * rows * lengths.response
     for external in ("Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B"):
-        assert passes[external] == cost.PATHS + counted
+        assert prefills[external] == cost.PATHS + 2 * calls
+    assert cost.question_plan(paper_cfg("algorithms=[gkd]"), models, lengths).minillm_rollouts == 0
 
 
 def test_memory_and_gpus_per_job():
@@ -344,6 +356,8 @@ def test_decode_steps_follow_the_queue_and_the_paged_what_if_costs_less():
     first = 256 * 256 + 256 * 512 + 88 * 1024
     assert queued[0].read_slots == pytest.approx((first + 1600 * 1024) / 2200)
     assert cost.mean_window(128, 40, 600) == 128  # a single-window cache is read whole
+    on_mesh = cost.sampler_calls([4] * 20, 64, 4096, 600, max_rows=256, mean=200, min_rows=8)  # data = 8
+    assert [(c.prefixes, c.per_prefix, c.rows_per_prefix) for c in on_mesh] == [(20, 8, 8)]  # as the engine
 
     cfg = paper_cfg("budget.top_k=20", "budget.top_r=20")
     models = cost.run_models(cfg)

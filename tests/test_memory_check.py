@@ -33,8 +33,13 @@ FITS = 0.003  # GB: 2.7 MB usable
 WEIGHTS_ONLY = 0.0015  # GB: 1.35 MB usable, more than the weights, less than weights and cache
 
 
+# Without MiniLLM's rows, the student's sampler holds the largest cache (with them, the teacher's
+# batched scoring of the stored rollouts does: test_minillm_scoring_is_priced_as_its_arrays).
+SAMPLER = [*RUN, "algorithms=[gkd,gkd_full,single_sample_mc,drgrpo_mc]"]
+
+
 def _job(tmp_path, *extra):
-    return build_job(C.from_omegaconf(composed(*RUN, *extra)), tmp_path, lambda: False)
+    return build_job(C.from_omegaconf(composed(*SAMPLER, *extra)), tmp_path, lambda: False)
 
 
 def test_a_run_that_fits_passes_and_logs_its_peak(tmp_path, caplog):
@@ -50,7 +55,7 @@ def test_the_kv_cache_is_refused_before_any_weight_loads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loading, "load_params", lambda *a, **k: pytest.fail("weights were loaded"))
     with pytest.raises(ConfigError) as refused:
-        execute(composed(*RUN, f"device_memory_gb={WEIGHTS_ONLY}"), tmp_path)
+        execute(composed(*SAMPLER, f"device_memory_gb={WEIGHTS_ONLY}"), tmp_path)
     message = str(refused.value)
     assert message.startswith("the main phase (student and external teachers) needs a peak of 2.3 MB per device: "
                               "1.0 MB of weights (toy:student 420.6 kB, toy:teacher 617.9 kB) and 1.2 MB for the "
@@ -68,7 +73,7 @@ def test_the_peak_is_the_bytes_of_the_arrays():
     from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
     from jaxalign.pipeline.models import MAIN_PHASE, JobModels
 
-    cfg = C.from_omegaconf(composed(*RUN))
+    cfg = C.from_omegaconf(composed(*SAMPLER))
     task = load_task(cfg)
     prompts = [q.user for q in select_questions(task, cfg.dataset)]
     models = JobModels(cfg, model_roles(cfg), cfg.student.path, prompts, task.system)
@@ -172,3 +177,26 @@ def test_the_pre_pass_counts_the_context_models_sampler():
     kv = sum(x.nbytes for c in caches for x in (*c.k, *c.v))
     assert (cache.model, cache.size) == ("toy:teacher", "32 rows x 64 slots + 1 prefix x 64 slots")
     assert cache.nbytes == kv + 3 * 32 * teacher_cfg.vocab_size * 4
+
+
+def test_minillm_scoring_is_priced_as_its_arrays():
+    """With minillm_mc, each model scores the stored rollouts in batches (engine.scoring.token_logprobs):
+    the toy teacher's batch (16 rollouts of up to 64 tokens after a 64-slot prompt) is the largest
+    cache, priced as the bytes of its caches and of four float32 [rows x positions, V] arrays."""
+    from jaxalign.engine.scoring import scored_rows_layout
+    from jaxalign.models import init_cache, load_qwen3
+    from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
+    from jaxalign.pipeline.models import MAIN_PHASE, JobModels
+
+    cfg = C.from_omegaconf(composed(*RUN))
+    task = load_task(cfg)
+    prompts = [q.user for q in select_questions(task, cfg.dataset)]
+    models = JobModels(cfg, model_roles(cfg), cfg.student.path, prompts, task.system)
+    cache = models.caches(cfg, models.prompt_tokens(prompts, task.system))[MAIN_PHASE]
+    rows, chunk, slots = scored_rows_layout(cfg.budget.num_initial - 4, 64)
+    assert (cache.model, cache.kind, cache.size) == ("toy:teacher", "MiniLLM scoring",
+                                                     f"{rows} rows x {slots} slots + a 64-slot prompt")
+    teacher_cfg, _ = load_qwen3(TOY / "teacher", jnp.float32)
+    caches = (init_cache(teacher_cfg, rows, slots, jnp.float32), init_cache(teacher_cfg, 1, 64, jnp.float32))
+    kv = sum(x.nbytes for c in caches for x in (*c.k, *c.v))
+    assert cache.nbytes == kv + 4 * np.zeros((rows * chunk, teacher_cfg.vocab_size), np.float32).nbytes

@@ -206,8 +206,19 @@ def candidate_tokens(logp: jax.Array, logq: jax.Array, tau: float) -> dict[str, 
     return out
 
 
-SCORED_POSITIONS = 1024  # rows x positions projected onto the vocabulary per step: [1024, 151936] f32 is 0.6 GB
+SCORED_POSITIONS = 256  # rows x positions projected per step: [256, 151936] float32 is 156 MB
+SCORED_ROW_SLOTS = 32768  # rows x cache slots per call: 3.8 GB of bf16 KV for Qwen3-0.6B, 5.4 GB for 14B
 MAX_SCORED_ROWS = 64  # rows per call of :func:`token_logprobs`
+
+
+def scored_rows_layout(count: int, width: int, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> tuple[int, int, int]:
+    """(rows B, positions per step, cache slots S) of one :func:`token_logprobs` call scoring ``count``
+    sequences of at most ``width`` tokens: B a power of two of at most :data:`MAX_SCORED_ROWS` rows
+    with B x S <= :data:`SCORED_ROW_SLOTS` (at least one row), B x positions <= :data:`SCORED_POSITIONS`."""
+    slots = bucket(width, 8)  # the loop stops at the longest row: a wider cache only costs memory
+    fits = 1 << (max(SCORED_ROW_SLOTS // slots, 1).bit_length() - 1)  # the most rows, a power of two
+    rows = min(bucket(count), MAX_SCORED_ROWS, fits)
+    return rows, min(prefill_chunk, max(1, SCORED_POSITIONS // rows), slots), slots
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_chunk", "chunk"))
@@ -264,9 +275,10 @@ def token_logprobs(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, se
                    prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> list[np.ndarray]:
     """log P(seq[t] | prompt + seq[:t]) for every t of every sequence: [len(seq)] float32 each.
 
-    Batched: up to :data:`MAX_SCORED_ROWS` sequences per device call, sharing the prompt's KV.
-    Shapes are bucketed (rows and sequence slots to powers of two, the prompt to three significant
-    bits of chunks), and only the [B, S] taken log-probs reach the host.
+    Batched: sequences of similar lengths share a device call (:func:`scored_rows_layout` bounds its
+    rows, cache and logits), and the prompt's KV is prefilled once per call and shared. Shapes are
+    bucketed (rows and sequence slots to powers of two, the prompt to three significant bits of
+    chunks), and only the [B, S] taken log-probs reach the host.
     """
     prompt = np.asarray(prompt, np.int32).ravel()
     sequences = [np.asarray(s, np.int32).ravel() for s in sequences]
@@ -287,13 +299,17 @@ def token_logprobs(params: Qwen3Params, cfg: Qwen3Config, prompt: np.ndarray, se
     padded_prompt = np.zeros(size, np.int32)
     padded_prompt[size - len(prompt):] = prompt
     start = jnp.int32(size - len(prompt))
-    for first in range(0, len(order), MAX_SCORED_ROWS):
-        group = order[first: first + MAX_SCORED_ROWS]  # similar lengths together: less padding
-        batch = bucket(len(group))
-        chunk = max(1, min(prefill_chunk, SCORED_POSITIONS // batch))
-        width = max(len(sequences[i]) for i in group)
-        chunk = min(chunk, bucket(width, 8))
-        slots = bucket(width, chunk)  # the loop stops at the longest row, so a wider cache only costs memory
+    first = 0
+    while first < len(order):  # shortest first: similar lengths share a call, with little padding
+        group = [order[first]]
+        while first + len(group) < len(order):
+            trial = group + [order[first + len(group)]]
+            if scored_rows_layout(len(trial), len(sequences[trial[-1]]), prefill_chunk)[0] < len(trial):
+                break
+            group = trial
+        first += len(group)
+        width = len(sequences[group[-1]])
+        batch, chunk, slots = scored_rows_layout(len(group), width, prefill_chunk)
         rows = np.zeros((batch, slots), np.int32)
         lengths = np.ones(batch, np.int32)
         for r, i in enumerate(group):

@@ -317,9 +317,7 @@ class JobModels:
         """The model as a FlaxPolicy, loaded on first use."""
         if model_id not in self._loaded:
             from jaxalign.engine.policy import FlaxPolicy
-            from jaxalign.models import load_qwen3
-
-            from jaxalign.models import load_config, placement
+            from jaxalign.models import load_config, load_qwen3, placement
 
             spec = self.specs[model_id]
             mesh = self.mesh(model_id)

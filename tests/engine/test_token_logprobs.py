@@ -55,3 +55,14 @@ def test_a_sequence_past_the_context_is_refused():
     params, cfg = _model(vocab=11)
     with pytest.raises(Exception, match="max_position_embeddings"):
         token_logprobs(params, cfg, np.ones(1000, np.int64), [np.ones(30, np.int64)])
+
+
+@pytest.mark.parametrize("count, width, expect", [(3, 40, (4, 64, 64)), (500, 200, (64, 4, 256)),
+                                                   (500, 4000, (8, 32, 4096)), (90, 30_000, (1, 256, 32768))])
+def test_a_call_stays_within_its_row_slot_and_position_budgets(count, width, expect):
+    """At 30K-token AIME traces one row per call; the KV cache is at most SCORED_ROW_SLOTS row-slots
+    and a step projects at most SCORED_POSITIONS positions onto the vocabulary."""
+    rows, chunk, slots = scoring.scored_rows_layout(count, width)
+    assert (rows, chunk, slots) == expect
+    assert rows * slots <= max(scoring.SCORED_ROW_SLOTS, slots) and rows * chunk <= scoring.SCORED_POSITIONS
+    assert slots >= width and slots % chunk == 0
