@@ -101,6 +101,9 @@ def shard_record_path(run_dir: Path, index: int, count: int) -> Path:
     return run_dir / "shards" / f"{index}-of-{count}.json"
 
 
+PER_SHARD_KEYS = ("shard", "devices", "totals")  # of a shard record; merge() lists them under "shards"
+
+
 def merge(run_dir: str | Path, force: bool = False) -> dict:
     """Merges the shard records of ``run_dir`` into run.json and rebuilds the report.
 
@@ -123,8 +126,9 @@ def merge(run_dir: str | Path, force: bool = False) -> dict:
                             f"shard.count={count} shard.index=I (they resume)")
     totals = {key: sum(r["totals"][key] for r in records) for key in ("questions", "skipped", "rollouts", "tokens")}
     totals["wall_s"] = round(max(r["totals"]["wall_s"] for r in records), 1)
+    # what describes the job (config, versions, dataset, models, stand-ins) is every shard's; the rest is per shard
     first = records[0]
-    record = {**{k: first[k] for k in ("config", "config_hash", "versions")},
+    record = {**{k: v for k, v in first.items() if k not in PER_SHARD_KEYS},
               "shards": [{"index": r["shard"]["index"], "devices": r["devices"], "totals": r["totals"]}
                          for r in sorted(records, key=lambda r: r["shard"]["index"])],
               "totals": totals}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jaxalign import aggregate
+from jaxalign import aggregate, rundir
 from jaxalign.errors import ConfigError, JaxalignError
 from jaxalign.run import execute
 from tests.test_pipeline import rows_of
@@ -68,3 +68,20 @@ def test_bad_shard_settings_are_named(overrides, key, tmp_path):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         execute(composed(*EXACT, *overrides), tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_merge_keeps_what_describes_the_job(tmp_path, monkeypatch):
+    """run.json of a sharded run keeps the shards' shared description (dataset, models, stand-ins),
+    not only config, hash and versions; per-shard keys go under "shards"."""
+    monkeypatch.setattr(rundir, "write_report", lambda run_dir, force=False: "report")
+    shared = {"config": {"seed": 0}, "config_hash": "h", "versions": {"jax": "x"},
+              "dataset": {"task": "boolq", "rows_skipped": {}}, "models": [{"id": "toy:student"}],
+              "standins": "stand-ins: random weights"}
+    for index in (0, 1):
+        totals = {"questions": 1 + index, "skipped": 0, "rollouts": 10, "tokens": 100, "wall_s": 5.0 + index}
+        rundir.write_json(rundir.shard_record_path(tmp_path, index, 2),
+                          {**shared, "shard": {"index": index, "count": 2}, "devices": ["cpu"], "totals": totals})
+    record = rundir.merge(tmp_path)["record"]
+    assert {k: record[k] for k in shared} == shared
+    assert set(record) == set(shared) | {"shards", "totals"}
+    assert record["totals"] == {"questions": 3, "skipped": 0, "rollouts": 20, "tokens": 200, "wall_s": 6.0}

@@ -17,7 +17,7 @@ import html
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -31,17 +31,20 @@ Decoder = Callable[[list[int]], list[str]]
 
 
 # ----------------------------------------------------------------------------------------- tokens
-def token_decoder(config: dict) -> tuple[Decoder, str]:
+def token_decoder(config: dict, models: Sequence[dict] = ()) -> tuple[Decoder, str]:
     """A per-token decoder for the run's student, and a note on what it shows.
 
-    ExactPolicy has no text: ids are shown. A tokenizer that cannot be loaded (a hub model not in
-    the local cache, a moved directory) also falls back to ids; the page says why.
+    ``models``: run.json's model records; the student's ``directory`` there is where the run found it
+    (``model_root`` included), and is tried first. ExactPolicy has no text: ids are shown. A
+    tokenizer that cannot be loaded (a hub model not in the local cache, a moved directory) also
+    falls back to ids; the page says why.
     """
     student = config.get("student", {})
     if student.get("kind") == "exact" or not student.get("path"):
         return _ids, "token ids (ExactPolicy has no text)"
+    directory = next((m.get("directory") for m in models if m.get("id") == student["path"]), None)
     try:
-        tokenizer = _load_tokenizer(student["path"])
+        tokenizer = _load_tokenizer(student["path"], directory)
     except Exception as err:  # a report must not fail on a missing tokenizer: show ids instead
         log.warning("token ids shown instead of text: %s", err)
         return _ids, f"token ids (the student's tokenizer could not be loaded: {err})"
@@ -62,10 +65,12 @@ def _ids(ids: list[int]) -> list[str]:
     return [f"⟨{i}⟩" for i in ids]
 
 
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str, directory: Optional[str] = None):
     from jaxalign.config import resolve_model_path
     from jaxalign.models import load_tokenizer
 
+    if directory and Path(directory).is_dir():
+        return load_tokenizer(directory)
     local = Path(resolve_model_path(path))
     if not local.is_dir():
         from huggingface_hub import snapshot_download
@@ -342,7 +347,7 @@ def page_name(qid: str, teacher: str) -> str:
 
 def write_pages(run: Run, rows: Rows, out_dir: Path, decoder: Optional[tuple[Decoder, str]] = None) -> list[dict]:
     """Writes a page per (question with a tree, teacher) and html/index.html. Returns the index entries."""
-    decode, note = decoder or token_decoder(run.config)
+    decode, note = decoder or token_decoder(run.config, run.models)
     ids = decode is _ids or note.startswith("token ids")
     teachers = [t for t in rows.labels["teacher"] if t != REFERENCE] or list(run.config.get("teachers", {}))
     row_index = by_question(rows) if len(rows) else {}

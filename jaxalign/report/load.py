@@ -172,6 +172,12 @@ class Run:
         return {}
 
     @cached_property
+    def models(self) -> list[dict]:
+        """run.json's model records (id, roles, directory, ...); [] before the run has finished."""
+        path = self.root / "run.json"
+        return json.loads(path.read_text()).get("models", []) if path.is_file() else []
+
+    @cached_property
     def damaged(self) -> dict[str, str]:
         """{question file stem: what is wrong} for every question that started (it has a file or a lock
         in questions/) but whose manifest and files do not check out (:mod:`jaxalign.integrity`)."""

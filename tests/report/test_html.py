@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,20 @@ def test_page_runs_in_headless_chromium_without_errors(exact_run, tmp_path):
     broken.write_text(page.read_text().replace("var nodes = JSON.parse", "var nodes = JSON.parse(undefinedThing) ||"))
     errors, _ = page_errors(broken)
     assert errors and any("undefinedThing" in e for e in errors)
+
+
+def test_the_tokenizer_is_found_where_the_run_found_the_student(tmp_path):
+    """A hub id resolved through model_root (a stand-in, say): run.json's model record names the
+    directory, so the page shows text; without the record it can only show ids."""
+    import shutil
+
+    from jaxalign.report.html import token_decoder
+
+    directory = tmp_path / "root" / "Qwen" / "Qwen3-0.6B"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "jaxalign" / "assets" / "toy" / "student", directory)
+    config = {"student": {"path": "Qwen/Qwen3-0.6B", "name": "qwen3-0.6b", "kind": "flax"}}
+    decode, note = token_decoder(config, [{"id": "Qwen/Qwen3-0.6B", "directory": str(directory)}])
+    assert note == "text from the tokenizer of qwen3-0.6b"
+    assert not decode([5, 6])[0].startswith("⟨")
+    _, without = token_decoder(config, [])
+    assert without.startswith("token ids")
