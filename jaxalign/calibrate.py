@@ -45,14 +45,13 @@ import datetime
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from jaxalign.errors import ConfigError, JaxalignError
+from jaxalign.errors import ConfigError, JaxalignError, run_cli
 from jaxalign.files import write_json
 
 log = logging.getLogger("jaxalign.calibrate")
@@ -668,8 +667,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except JaxalignError as err:
-        print(f"calibration error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    run_cli(main, "calibration error")

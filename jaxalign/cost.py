@@ -34,7 +34,6 @@ import dataclasses
 import inspect
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -42,7 +41,7 @@ from jaxalign import calibrate as cal
 from jaxalign.calibrate import Shape
 from jaxalign.engine.scoring import DEFAULT_PREFILL_CHUNK, DEFAULT_SCORE_CHUNK as SCORE_CHUNK_POSITIONS, scored_rows_layout
 from jaxalign.enrich import depth_windows
-from jaxalign.errors import ConfigError, JaxalignError
+from jaxalign.errors import ConfigError, JaxalignError, run_cli
 from jaxalign.pipeline.models import STANDIN_MARKER, WEIGHT_SHARE
 from jaxalign.pipeline.question import PipelineConfig
 
@@ -766,8 +765,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except JaxalignError as err:
-        print(f"cost: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    run_cli(main, "cost")

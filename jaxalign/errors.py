@@ -19,3 +19,14 @@ class TokenizerError(JaxalignError):
 
 class IncompleteResults(JaxalignError):
     """A run directory whose result files are missing, damaged or not finished yet."""
+
+
+def run_cli(main, prog: str) -> None:
+    """Runs a module's ``main()`` as a command: a JaxalignError is one line on stderr, exit status 2."""
+    import sys
+
+    try:
+        main()
+    except JaxalignError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
