@@ -17,7 +17,7 @@ the renormalised ideal; renormalised convention only), ``single_sample_mc`` (2.9
 ``drgrpo_mc`` (2.4), ``minillm_mc`` (2.10; needs the teacher reward-to-go of the stored
 rollouts) and ``topk_gkd`` (GKD over the student's top-k tokens plus one tail bucket, as TRL, verl
 and SDPO train; k is :func:`jaxalign.pipeline.phase2.score_paths`'s ``topk_k``, default
-:data:`TOPK_GKD_K`; not in :data:`DEFAULT`, name it to get its rows). A user's algorithm is named by
+:data:`jaxalign.config.TOPK_GKD_K`; not in :data:`DEFAULT`, name it to get its rows). A user's algorithm is named by
 its import path, ``algorithms=[gkd,my_pkg.mod.my_algo]``, and gets rows like the built-ins. docs/math.md has a worked example (a KL-gated GKD).
 
 Conventions (docs/math.md):
@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxalign import gradients as G
 from jaxalign.alignment import NodeBatch, cosine
+from jaxalign.config import DEFAULT_ALGORITHMS
 from jaxalign.errors import ConfigError
 
 Algorithm = Callable[[NodeBatch, str], jax.Array]
@@ -92,13 +93,11 @@ def minillm_mc(batch: NodeBatch, convention: str) -> jax.Array:
 
 BUILTIN: dict[str, Algorithm] = {"gkd": gkd, "gkd_full": gkd_full, "single_sample_mc": single_sample_mc,
                                  "drgrpo_mc": drgrpo_mc, "minillm_mc": minillm_mc, "topk_gkd": topk_gkd}
-DEFAULT = ("gkd", "gkd_full", "single_sample_mc", "drgrpo_mc", "minillm_mc")
+DEFAULT = DEFAULT_ALGORITHMS
 # algorithms that are defined under one convention only
 ONLY_UNDER = {"gkd_full": "renormalized"}
 # built-ins whose inputs are optional NodeBatch fields: left out of a batch that lacks them
 NEEDS = {"minillm_mc": ("return_sum",), "topk_gkd": ("in_topk",)}
-# top-k GKD's k when none is set: the student's 20 most likely tokens plus the tail bucket
-TOPK_GKD_K = 20
 
 
 def resolve(name: str) -> Algorithm:

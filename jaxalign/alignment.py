@@ -173,14 +173,3 @@ def bucket_stats(logp: Array, logq: Array, ids: Array, mask: Array) -> dict[str,
     tail = jnp.where(empty, 0.0, log_p_tail - log_q_tail)  # -inf - -inf where empty: not selected
     kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1) + jnp.where(empty, 0.0, jnp.exp(log_p_tail) * tail)
     return {"tail_log_ratio": tail, "kl_bucket": kl}
-
-
-@functools.partial(jax.jit, static_argnames=("k",))
-def topk_bucket_stats(logp: Array, logq: Array, k: int) -> dict[str, Array]:
-    """The student's top-k tokens plus one tail bucket, as TRL/verl/SDPO build them.
-
-    logp, logq: [N, V] float32 log-softmax. Returns topk_ids [N, min(k, V)] int32, tail_log_ratio [N]
-    and kl_bucket [N] (:func:`bucket_stats`).
-    """
-    ids, mask = student_topk(logp, k)
-    return {"topk_ids": ids, **bucket_stats(logp, logq, ids, mask)}

@@ -26,6 +26,9 @@ EXACT_DATASET = "exact"  # not a task: each question is an ExactPolicy
 DTYPES = ("float32", "bfloat16")
 TASK_OPTIONS = ("terms", "digits", "path", "hub", "config", "split")  # DatasetConf fields passed to get_task
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Phase 2's rows when algorithms= is not set, and top-k GKD's k (jaxalign.algorithms, which imports jax, reads both)
+DEFAULT_ALGORITHMS = ("gkd", "gkd_full", "single_sample_mc", "drgrpo_mc", "minillm_mc")
+TOPK_GKD_K = 20  # the student's 20 most likely tokens plus the tail bucket
 
 
 @dataclasses.dataclass
@@ -147,10 +150,9 @@ class RunConf:
     count_ancestors: bool = False
     # Phase 2's rows: built-in algorithms or users' functions by import path, under these conventions
     # (jaxalign.algorithms, docs/math.md), e.g. algorithms=[gkd,my_pkg.algos.kl_gated_gkd]
-    algorithms: List[str] = dataclasses.field(
-        default_factory=lambda: ["gkd", "gkd_full", "single_sample_mc", "drgrpo_mc", "minillm_mc"])
+    algorithms: List[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
     conventions: List[str] = dataclasses.field(default_factory=lambda: ["renormalized", "paper"])
-    topk_gkd_k: int = 20  # top-k GKD's k: the student's k likeliest tokens plus one tail bucket (docs/math.md)
+    topk_gkd_k: int = TOPK_GKD_K  # top-k GKD's k: the student's k likeliest tokens plus one tail bucket (docs/math.md)
     dry_run: bool = False
     # the dry run's throughputs, measured on the device by python -m jaxalign.calibrate (docs/cost.md)
     calibration_file: Optional[str] = None  # null: $JAXALIGN_CALIBRATION, else ~/.cache/jaxalign/calibration.json

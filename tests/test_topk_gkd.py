@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from jaxalign import config as C
 from jaxalign.algorithms import alignments
-from jaxalign.alignment import NodeBatch, student_topk, topk_bucket_stats
+from jaxalign.alignment import NodeBatch, bucket_stats, student_topk
 from jaxalign.errors import ConfigError
 from jaxalign.exact import ExactPolicy
 from jaxalign.pipeline.phase2 import compare_topk, score_paths
@@ -101,6 +101,11 @@ def test_registered_topk_gkd_equals_the_jacobian_of_the_bucketed_kl(k, conventio
     else:  # the buckets matter: top-k GKD is not GKD here
         assert np.abs(np.asarray(got["topk_gkd"]["grad"]) - np.asarray(got["gkd"]["grad"])).max() > 1e-3
 
+
+def topk_bucket_stats(logp, logq, k: int) -> dict:
+    """The student's top-k ids and the tail bucket's statistics, as Phase 2 computes them. [N, V] -> numpy."""
+    ids, mask = student_topk(jnp.asarray(logp), k)
+    return {"topk_ids": ids, **bucket_stats(jnp.asarray(logp), jnp.asarray(logq), ids, mask)}
 
 def test_topk_gkd_needs_in_topk_and_the_paper_convention_needs_the_bucket_statistics():
     p = np.array([[0.5, 0.3, 0.2]])

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.algorithms import CONVENTIONS, DEFAULT as DEFAULT_ALGORITHMS, TOPK_GKD_K, alignments
+from jaxalign.algorithms import CONVENTIONS, DEFAULT as DEFAULT_ALGORITHMS, alignments
+from jaxalign.config import TOPK_GKD_K
 from jaxalign.alignment import NodeBatch, bucket_stats, node_alignment, student_topk
 from jaxalign.engine.sampling import bucket
 from jaxalign.engine.scoring import compare

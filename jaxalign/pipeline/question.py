@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxalign import algorithms as algos
 from jaxalign.checkpoint import QuestionCheckpoints
-from jaxalign.config import BudgetConf
+from jaxalign.config import BudgetConf, TOPK_GKD_K
 from jaxalign.engine.scoring import DEFAULT_SCORE_CHUNK
 from jaxalign.enrich import Candidates, EnrichConfig, children_to_enrich, depth_windows, plan_window
 from jaxalign.errors import ConfigError
@@ -65,7 +65,7 @@ class PipelineConfig:
     score_chunk: int = DEFAULT_SCORE_CHUNK  # positions projected onto the vocabulary at a time
     algorithms: tuple[str, ...] = algos.DEFAULT  # built-in names or import paths (jaxalign.algorithms)
     conventions: tuple[str, ...] = algos.CONVENTIONS
-    topk_gkd_k: int = algos.TOPK_GKD_K  # top-k GKD's k (used only when topk_gkd is among the algorithms)
+    topk_gkd_k: int = TOPK_GKD_K  # top-k GKD's k (used only when topk_gkd is among the algorithms)
     enrich: EnrichConfig = EnrichConfig()
 
     def __post_init__(self):
