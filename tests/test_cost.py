@@ -98,6 +98,19 @@ def test_decode_flops_and_bytes_count_the_param_tree():
     assert data == everything * 2 + kv + 2 * rows * shape.vocab * 4  # tied: embed is the head, read once
 
 
+def test_batched_prefill_reads_the_weights_once_per_step_and_every_rows_cache():
+    """prefill_work with rows: ceil(tokens / chunk) steps, each reading the weights once and each of
+    the rows' caches; FLOPs are those of every token. rows = 1 is the scored path's prefill."""
+    s = published("Qwen/Qwen3-0.6B")
+    rows, response, slots, chunk = 16, 200, 256, 16
+    flops, data = cal.prefill_work(s, rows * response, slots, rows * chunk, rows)
+    steps = -(-response // chunk)
+    assert data == steps * (s.layers * s.layer_params * s.itemsize + rows * slots * s.kv_bytes_per_slot)
+    queries = steps * rows * chunk
+    assert flops == 2.0 * queries * s.layers * s.layer_matmul_params + 4.0 * queries * slots * s.heads * s.head_dim * s.layers
+    assert cal.prefill_work(s, 512, 512, 256) == cal.prefill_work(s, 512, 512, 256, 1)
+
+
 def test_prefill_layout_is_path_hiddens():
     from jaxalign.engine.scoring import path_hidden
     from jaxalign.models import load_qwen3
