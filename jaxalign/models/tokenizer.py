@@ -8,6 +8,7 @@ template in Qwen3 thinking mode (``enable_thinking=True``): the generation promp
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,17 @@ QWEN3_CHAT_TEMPLATE = (
     "{%- endif %}"
     "{%- endif %}"
 )
+
+
+class _NoTorchNotice(logging.Filter):
+    """Drops transformers' import-time notice that PyTorch is missing: jaxalign uses only its tokenizers
+    and configs, so a user's install without torch is the normal case, not something to warn about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "PyTorch was not found" not in record.getMessage()
+
+
+logging.getLogger("transformers").addFilter(_NoTorchNotice())
 
 
 def load_tokenizer(model_dir: str | os.PathLike):

@@ -66,3 +66,20 @@ def test_every_character_round_trips_including_repeated_newlines(tokenizer_dir):
     assert tok.unk_token_id not in ids
     assert tok.decode(ids) == text
     assert ids[1:3] == [tok.convert_tokens_to_ids("\n")] * 2
+
+
+def test_an_install_without_torch_loads_tokenizers_without_a_torch_notice(tokenizer_dir):
+    """The README installs no torch; transformers then announces at import that models are unavailable,
+    which is noise for a tool that uses only its tokenizers."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+              "from jaxalign.models import load_tokenizer\n"
+              f"print(load_tokenizer({str(tokenizer_dir)!r}).eos_token)")
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}  # conftest quiets it
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "<|im_end|>"
+    assert "PyTorch was not found" not in done.stderr + done.stdout
