@@ -51,7 +51,7 @@ class ModelConf:
     path: str = "toy:student"  # a local HF directory, a hub id, or toy:student / toy:teacher
     dtype: str = "float32"
     exact_seed_offset: int = 0  # exact: the question's seed is added to it
-    # the student's mesh; self teachers share it, and so do context models (demonstrations, summaries)
+    # the student's mesh; self teachers share it, and so do context models unless context_mesh is set
     mesh: MeshConf = dataclasses.field(default_factory=MeshConf)
 
 
@@ -142,6 +142,9 @@ class RunConf:
     demo_trials: int = 60
     summary_max_tokens: int = 1024  # the longest summary a summarizer model may write
     context_cache_dir: Optional[str] = None  # demos/ and summaries/ live here; null: in the run directory
+    # the mesh of the context-only models (demonstration sources, summarizers); null: the student's. Typed Any
+    # (checked against MeshConf by from_omegaconf): OmegaConf cannot merge a mapping into a None dataclass
+    context_mesh: Any = None
     model_root: Optional[str] = None  # hub ids name directories under it: Qwen/Qwen3-4B -> MODEL_ROOT/Qwen/Qwen3-4B
     # XLA's persistent compilation cache: a run reuses the kernels an earlier run compiled (null: off)
     compile_cache_dir: Optional[str] = "~/.cache/jaxalign/xla"
@@ -286,6 +289,13 @@ def from_omegaconf(dcfg) -> RunConf:
         except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors have many types
             raise ConfigError(f"teachers.{name}: {err}".split("\n")[0]) from err
     cfg.teachers = teachers
+    if cfg.context_mesh is not None:
+        if not isinstance(cfg.context_mesh, dict):
+            raise ConfigError(f"context_mesh: expected a mapping like {{data: 1, model: 4}}, got {cfg.context_mesh!r}")
+        try:
+            cfg.context_mesh = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MeshConf), cfg.context_mesh))
+        except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors have many types
+            raise ConfigError(f"context_mesh: {err}".split("\n")[0]) from err
     return cfg
 
 

@@ -644,6 +644,14 @@ def run_meshes(cfg) -> Optional[dict[str, tuple[int, int]]]:
     return {model: (max(mesh.data, 1), mesh.model) for model, (_, mesh) in meshes.items()}
 
 
+def _context_devices(cfg, gpus: Optional[int]) -> Optional[int]:
+    """GPUs per job, raised to the widest ``context_mesh`` of the (unpriced) context pre-pass."""
+    from jaxalign.meshes import context_meshes
+
+    spans = [mesh.data * mesh.model for _, mesh in context_meshes(cfg).values() if mesh.data != -1]
+    return gpus if gpus is None or not spans else max(gpus, *spans)
+
+
 def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] = None,
              response_tokens: Optional[int] = None, decode_cache: str = "built") -> dict:
     """Rollouts, tokens, Phase 1 / Phase 2 / compile GPU-hours, memory and GPUs per job of a validated
@@ -689,8 +697,10 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
     projections = {}
     for name in PROJECT_ONTO:
         target = cal.SPECS[name]
-        projections[name] = {**hours(target), "device": target.kind,
-                             "gpus_per_job": memory(plan, models, lengths, target.memory, meshes)["gpus_per_job"]}
+        gpus = memory(plan, models, lengths, target.memory, meshes)["gpus_per_job"]
+        projections[name] = {**hours(target), "device": target.kind, "gpus_per_job": _context_devices(cfg, gpus)}
+    own = memory(plan, models, lengths, own_memory, meshes)
+    own["gpus_per_job"] = _context_devices(cfg, own["gpus_per_job"])
     per_question = plan.initial_rollouts + plan.targeted_rollouts
     return {
         **base, "device": device.kind, "peaks": device.peaks, "calibration": str(calibration.path),
@@ -702,7 +712,7 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
         "tokens_per_question": plan.tokens, "rollouts": questions * per_question, "tokens": questions * plan.tokens,
         **hours(None),
         "compiled_shapes": {f"{kind} {m.id}": n for kind, m, n in compiled},
-        "memory": memory(plan, models, lengths, own_memory, meshes),
+        "memory": own,
         "projections": projections,
         "not_priced": "the context pre-pass (demonstrations, summaries) and host work (grading, tree, checkpoints)",
     }

@@ -1,6 +1,7 @@
 """A run's device meshes: which (``data``, ``model``) mesh each model gets, checked before any work.
 
-The settings are ``student.mesh`` and ``teachers.NAME.mesh`` (:class:`jaxalign.config.MeshConf`);
+The settings are ``student.mesh``, ``teachers.NAME.mesh`` and ``context_mesh``
+(:class:`jaxalign.config.MeshConf`);
 docs/models.md describes them. Here: the sizes and the combinations are checked
 (:func:`check_meshes`, at config time), tensor-parallel splits against each model's config.json
 and the devices jax sees (:func:`validate_meshes`, called by :func:`jaxalign.config.validate`),
@@ -42,7 +43,7 @@ def model_meshes(cfg: RunConf) -> dict[str, tuple[str, MeshConf]]:
     The student (and the self teachers, on its weights) has ``student.mesh``; an external teacher
     ``teachers.NAME.mesh``, or the student's when it sets none. A model is loaded once, so two
     settings that give one model two meshes are a ConfigError. Context models (demonstrations,
-    summaries) are not listed: they run on the student's mesh.
+    summaries) are not listed: :func:`context_meshes` gives theirs.
     """
     out = {cfg.student.path: ("student.mesh", cfg.student.mesh)}
     for name, t in cfg.teachers.items():
@@ -86,16 +87,29 @@ def _check_spans(spans: dict[str, int]) -> None:
 
 
 def _context_models(cfg: RunConf) -> dict[str, str]:
-    """Context models other than the student: model id -> the setting that names it."""
+    """Context-only models (demonstration sources, summarizers that are neither the student nor an
+    external teacher): model id -> the setting that names it."""
+    main = {cfg.student.path} | {t.model for t in cfg.teachers.values() if t.kind == "external" and t.model}
     out = {}
     for name, t in cfg.teachers.items():
         if t.kind != "self":
             continue
         for field in ("source", "summarizer"):
             model = getattr(t, field)
-            if model and model != RULE and model != cfg.student.path:
+            if model and model != RULE and model not in main:
                 out.setdefault(model, f"teachers.{name}.{field}")
     return out
+
+
+def context_meshes(cfg: RunConf) -> dict[str, tuple[str, MeshConf]]:
+    """The mesh of each context-only model: model id -> (the setting that gives it, the mesh).
+
+    ``context_mesh``, or the student's when it is null. A context model that is also the student or
+    an external teacher is loaded as that (:func:`model_meshes`). Context models only write text, so
+    their mesh need not span the main phase's devices."""
+    key, mesh = ("context_mesh", cfg.context_mesh) if cfg.context_mesh is not None else ("student.mesh",
+                                                                                       cfg.student.mesh)
+    return {model: (key, mesh) for model in _context_models(cfg)}
 
 
 def _check_mesh_splits(key: str, path: str, model_root: Optional[str], model: int, role: str = "") -> None:
@@ -126,6 +140,8 @@ def check_meshes(cfg: RunConf) -> dict[str, tuple[str, MeshConf]]:
     external teachers, one mesh per model, equal spans of the meshes with a fixed ``data``.
     Returns :func:`model_meshes` ({} for an exact student)."""
     _check_mesh_sizes("student.mesh", cfg.student.mesh)
+    if cfg.context_mesh is not None:
+        _check_mesh_sizes("context_mesh", cfg.context_mesh)
     for name, t in cfg.teachers.items():
         if t.mesh is None:
             continue
@@ -137,8 +153,9 @@ def check_meshes(cfg: RunConf) -> dict[str, tuple[str, MeshConf]]:
             raise ConfigError(f"{key}: {t.kind} teachers compute on the host, without a mesh; remove {key}")
         _check_mesh_sizes(key, t.mesh)
     if cfg.student.kind == "exact":
-        if cfg.student.mesh != MeshConf():
-            raise ConfigError("student.mesh: exact models compute on the host, without a mesh; remove student.mesh")
+        for key, mesh in (("student.mesh", cfg.student.mesh), ("context_mesh", cfg.context_mesh)):
+            if mesh not in (None, MeshConf()):
+                raise ConfigError(f"{key}: exact models compute on the host, without a mesh; remove {key}")
         return {}
     meshes = model_meshes(cfg)
     _check_spans({key: m.data * m.model for key, m in meshes.values() if m.data != -1})
@@ -153,24 +170,29 @@ def validate_meshes(cfg: RunConf, check_models: bool) -> None:
         return
     for model, (key, mesh) in meshes.items():
         _check_mesh_splits(key, model, cfg.model_root, mesh.model)
-    for model, key in _context_models(cfg).items():
-        _check_mesh_splits("student.mesh", model, cfg.model_root, cfg.student.mesh.model,
-                           f", named by {key}, runs on the student's mesh")
-    if cfg.dry_run or all(m == MeshConf() for _, m in meshes.values()):
+    named = _context_models(cfg)
+    context = context_meshes(cfg)
+    for model, (key, mesh) in context.items():
+        _check_mesh_splits(key, model, cfg.model_root, mesh.model, f", the context model named by {named[model]}")
+    every = [*meshes.values(), *context.values()]
+    if cfg.dry_run or all(m == MeshConf() for _, m in every):
         return  # a dry run prices the job, it need not run here; one-device meshes need no device count
     import jax
 
     devices = jax.device_count()
+    for key, mesh in context.values():
+        resolve_mesh(key, mesh, devices)
     _check_spans({key: math.prod(resolve_mesh(key, m, devices)) for key, m in meshes.values()})
 
 
 def mesh_devices(cfg: RunConf) -> Optional[int]:
-    """The devices a job of ``cfg`` needs for its meshes: the largest data x model of the student and
-    the external teachers. None when no mesh fixes it: every mesh is one device, or takes all the
-    devices it is given (data=-1), so the launcher's count stays as given."""
+    """The devices a job of ``cfg`` needs for its meshes: the largest data x model of the student, the
+    external teachers and the context models. None when no mesh fixes it: every mesh is one device,
+    or takes all the devices it is given (data=-1), so the launcher's count stays as given."""
     if cfg.student.kind == "exact":
         return None
-    spans = [m.data * m.model for _, m in model_meshes(cfg).values() if m.data != -1]
+    every = [*model_meshes(cfg).values(), *context_meshes(cfg).values()]
+    spans = [m.data * m.model for _, m in every if m.data != -1]
     return max(spans) if spans and max(spans) > 1 else None
 
 

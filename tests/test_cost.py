@@ -19,7 +19,7 @@ import pytest
 from jaxalign import calibrate as cal
 from jaxalign import cost
 from jaxalign.calibrate import Calibration, Device, KernelModel, Shape
-from jaxalign.config import ASSETS
+from jaxalign.config import ASSETS, MeshConf
 from jaxalign.enrich import depth_windows
 from jaxalign.errors import ConfigError, JaxalignError
 
@@ -400,3 +400,22 @@ def test_the_forecast_reads_the_meshes():
     assert rows["Qwen/Qwen3-14B"]["weights_per_device_gb"] < rows["Qwen/Qwen3-14B"]["weights_gb"] / 3
     squeezed = cost.forecast(paper_cfg(*meshes, "device_memory_gb=10"), calibration, models=models)
     assert squeezed["memory"]["fits"] is False and squeezed["memory"]["gpus_per_job"] is None
+
+
+def test_the_job_asks_for_the_context_models_mesh():
+    """Qwen3-32B writes paper8's demonstrations and summaries in the (unpriced) pre-pass; on
+    context_mesh={data: 1, model: 4} the job needs 4 GPUs even where the main phase needs fewer."""
+    from jaxalign import meshes
+
+    cfg = paper_cfg("context_mesh={data: 1, model: 4}")
+    assert meshes.context_meshes(cfg) == {"Qwen/Qwen3-32B": ("context_mesh", MeshConf(1, 4))}
+    assert meshes.mesh_devices(cfg) == 4  # what launch/sweep.sh asks SLURM for
+    models = cost.run_models(cfg)
+    calibration = synthetic([m.shape for m in models.distinct()])
+    f = cost.forecast(cfg, calibration, models=models)
+    alone = cost.forecast(paper_cfg(), calibration, models=models)
+    assert alone["projections"]["H100"]["gpus_per_job"] == 3  # the main phase alone: 3 H100s (one device each)
+    assert f["projections"]["H100"]["gpus_per_job"] == 4
+    assert f["projections"]["A100"]["gpus_per_job"] == max(4, alone["projections"]["A100"]["gpus_per_job"])
+    assert f["memory"]["peak_gb"] == alone["memory"]["peak_gb"]  # the main phase is unchanged
+    assert meshes.context_meshes(paper_cfg()) == {"Qwen/Qwen3-32B": ("student.mesh", MeshConf(1, 1))}

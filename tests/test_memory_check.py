@@ -23,7 +23,7 @@ from jaxalign import cost
 from jaxalign.calibrate import Shape
 from jaxalign.errors import ConfigError
 from jaxalign.pipeline.jobs import build_job
-from jaxalign.pipeline.models import WEIGHT_SHARE, CacheUse, ModelSpec, check_fits
+from jaxalign.pipeline.models import PRE_PASS, WEIGHT_SHARE, CacheUse, ModelSpec, check_fits
 from tests.test_mesh_run import RUN
 from tests.test_run import composed
 
@@ -109,6 +109,12 @@ def test_check_fits_adds_the_phase_cache_to_the_weights():
     with pytest.raises(ConfigError, match=r"b's scoring cache.*budget.max_response_tokens"):
         check_fits({"p": specs}, 499, "x", caches={"p": scoring})
     check_fits({"p": specs}, None, "cpu", caches={"p": cache})  # unknown memory: not checked
+    # the pre-pass's fixes are the context model's settings: its mesh, not the main phase's batch
+    with pytest.raises(ConfigError, match=r"larger model axis \(student.mesh.model, context_mesh.model: .*a data axis "
+                                          r"that splits the rows \(context_mesh.data\), or a device"):
+        check_fits({PRE_PASS: specs}, 499, "x", caches={PRE_PASS: cache}, batch_rollouts=64)
+    with pytest.raises(ConfigError, match=r"larger model axis \(student.mesh.model, context_mesh.model\)$"):
+        check_fits({PRE_PASS: specs}, 150, "x")
 
 
 def test_per_device_arithmetic_against_numpy():

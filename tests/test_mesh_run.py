@@ -1,5 +1,6 @@
-"""A whole run on meshes: student.mesh={data: 2, model: 2} and an external teacher on {data: 1, model: 4},
-on 8 host CPU devices, gives the rows of the same run without a mesh.
+"""A whole run on meshes: student.mesh={data: 2, model: 2}, an external teacher on {data: 1, model: 4} and
+the context model that writes SELF-1C's demonstrations on context_mesh={data: 2, model: 4}, on 8 host CPU
+devices, gives the demonstrations and the rows of the same run without a mesh.
 
 The embedded toy's vocabulary (101) splits no way, so both runs use copies of the toy student and
 teacher whose vocabulary is padded to 104 rows of zeros (:func:`padded_toy`): a padded id gets
@@ -26,7 +27,8 @@ from jaxalign import meshes
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "jaxalign" / "assets" / "toy"
 PADDED_VOCAB = 104  # divisible by 2, 4 and 8
-STUDENT_MESH, TEACHER_MESH = (2, 2), (1, 4)
+# the context model's mesh spans 8 devices, the others 4: it writes text only, so it need not match them
+STUDENT_MESH, TEACHER_MESH, CONTEXT_MESH = (2, 2), (1, 4), (2, 4)
 # RUN on one device needs a peak of 2.26 MB (weights 1.04 MB, the student's sampler cache 1.22 MB); on the
 # meshes above, 0.74 MB on the first device. Of 1.5 MB, the check's 90% refuses the first and passes the second.
 FITS_MESHES_ONLY_GB = 0.0015
@@ -34,13 +36,16 @@ FITS_MESHES_ONLY_GB = 0.0015
 # differ by at most 2.6e-6; the KL, up to 4.3 nats, by 2.0e-5); the cosine, whose small gradient norms
 # amplify that round-off, within 5e-5 (measured 1.6e-5). Every discrete column is equal.
 FLOAT_ATOL = {"cosine": 5e-5}
+# the toy teacher writes SELF-1C's demonstrations and is no teacher itself: a context-only model
+CONTEXT_ONLY = ["+teachers.SELF-1C.source=toy:teacher", "~teachers.toy-teacher"]
 RUN = ["budget=smoke", "budget.max_response_tokens=64", "dataset.num_questions=2", "~teachers.SELF-1C1W",
        "~teachers.SELF-SUM-1C"]
 
 
 def padded_toy(root: Path, vocab: int = PADDED_VOCAB) -> Path:
     """Copies of the embedded toy student and teacher (``root/student``, ``root/teacher``) with the
-    vocabulary padded to ``vocab`` with zero embedding rows (tied: the head's rows too). Returns root."""
+    vocabulary padded to ``vocab`` with zero embedding rows (tied: the head's rows too), and a copy of
+    that teacher as a context-only model (``root/source``). Returns root."""
     import dataclasses
 
     import jax.numpy as jnp
@@ -54,17 +59,24 @@ def padded_toy(root: Path, vocab: int = PADDED_VOCAB) -> Path:
         out = save_qwen3(params.replace(embed=embed), dataclasses.replace(cfg, vocab_size=vocab), root / name)
         for extra in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             shutil.copy(TOY / name / extra, out / extra)
+    shutil.copytree(root / "teacher", root / "source")
     return root
 
 
 def mesh_overrides(root: Path) -> list[str]:
     """The padded toy, with the student and the external teacher on their meshes."""
-    return [*padded_run(root), f"student.mesh={{data: {STUDENT_MESH[0]}, model: {STUDENT_MESH[1]}}}",
-            f"+teachers.toy-teacher.mesh={{data: {TEACHER_MESH[0]}, model: {TEACHER_MESH[1]}}}"]
+    return [*context_run(root), f"student.mesh={{data: {STUDENT_MESH[0]}, model: {STUDENT_MESH[1]}}}",
+            f"+teachers.toy-teacher.mesh={{data: {TEACHER_MESH[0]}, model: {TEACHER_MESH[1]}}}",
+            f"context_mesh={{data: {CONTEXT_MESH[0]}, model: {CONTEXT_MESH[1]}}}"]
 
 
 def padded_run(root: Path) -> list[str]:
     return [*RUN, f"student.path={root / 'student'}", f"teachers.toy-teacher.model={root / 'teacher'}"]
+
+
+def context_run(root: Path) -> list[str]:
+    """The padded toy, with SELF-1C's demonstrations written by the context-only model ``root/source``."""
+    return [*padded_run(root), f"+teachers.SELF-1C.source={root / 'source'}"]
 
 
 def _device_bytes(tree, device) -> int:
@@ -129,9 +141,9 @@ def worker(out_dir: str) -> None:
     facts["caches"] = caches
 
     # the two runs
-    for name, overrides in (("plain", padded_run(root)), ("mesh", [*mesh_overrides(root), limit])):
+    for name, overrides in (("plain", context_run(root)), ("mesh", [*mesh_overrides(root), limit])):
         record = execute(composed(*overrides), out / f"run_{name}")
-        facts[f"{name}_models"] = {m["id"]: m["mesh"] for m in record["models"]}
+        facts[f"{name}_models"] = {Path(m["id"]).name: m["mesh"] for m in record["models"]}
         facts[f"{name}_totals"] = record["totals"]
     (out / "facts.json").write_text(json.dumps(facts))
 
@@ -186,9 +198,19 @@ def test_each_model_is_placed_on_its_own_mesh(eight):
     assert facts["teacher"]["mesh"] == {"data": 1, "model": 4} and facts["teacher"]["devices"] == 4
     assert facts["student"]["embed_spec"] == facts["teacher"]["embed_spec"] == ["model", "None"]  # V split
     assert facts["teacher"]["kv_split"] == 1 and facts["student"]["kv_split"] == 2  # 2 kv heads: split by 2, not 4
-    recorded = facts["mesh_models"]
-    assert {m["data"] for m in recorded.values()} == {1, 2}  # run.json says where each model ran
+    recorded = facts["mesh_models"]  # run.json says where each model ran
+    assert recorded == {"student": {"data": 2, "model": 2}, "teacher": {"data": 1, "model": 4},
+                        "source": {"data": 2, "model": 4}}
+    assert set(facts["plain_models"]) == set(recorded)
     assert all(m == {"data": 1, "model": 1} for m in facts["plain_models"].values())
+
+
+def test_the_context_model_on_its_mesh_writes_the_same_demonstrations(eight):
+    plain = sorted((eight / "run_plain" / "demos").rglob("*.json"))
+    assert plain and all(p.parent.name.endswith("_source") for p in plain), plain  # by the context model
+    for path in plain:
+        mine = eight / "run_mesh" / path.relative_to(eight / "run_plain")
+        assert json.loads(mine.read_text()) == json.loads(path.read_text()), path.name
 
 
 def test_one_devices_bytes_match_the_arithmetic(eight):
@@ -248,6 +270,13 @@ def test_defaults_are_one_device_and_no_mesh(tmp_path):
      "teachers.again.mesh: toy:student is loaded once, but student.mesh gives it {data: 1, model: 1} and "
      "teachers.again.mesh {data: 2, model: 1}; give both the same mesh"),
     (["+experiment=exact", "student.mesh.data=2"], "student.mesh: exact models compute on the host"),
+    (["+experiment=exact", "context_mesh={data: 2, model: 1}"], "context_mesh: exact models compute on the host"),
+    (["context_mesh={data: 1, model: 0}"], "context_mesh.model: 0 must be >= 1"),
+    (["context_mesh=4"], "context_mesh: expected a mapping like {data: 1, model: 4}, got 4"),
+    ([*CONTEXT_ONLY, "context_mesh={data: 1, model: 2}"],
+     "(toy:teacher, the context model named by teachers.SELF-1C.source)"),
+    ([*CONTEXT_ONLY, "context_mesh={data: 4, model: 1}"], "context_mesh: data=4 x model=1 needs 4 devices, but jax "
+                                                          "sees 1"),
 ])
 def test_a_bad_mesh_is_named_with_its_fix(overrides, message):
     from jaxalign.errors import ConfigError
@@ -264,6 +293,27 @@ def test_a_misspelt_mesh_key_is_named():
 
     with pytest.raises(ConfigError, match="teachers.toy-teacher: .*dta"):
         C.from_omegaconf(composed("+teachers.toy-teacher.mesh={dta: 2}"))
+    with pytest.raises(ConfigError, match="context_mesh: .*dta"):
+        C.from_omegaconf(composed("context_mesh={dta: 2}"))
+
+
+def test_context_only_models_take_the_context_mesh():
+    """A demonstration source that is neither the student nor an external teacher runs on
+    context_mesh (else the student's mesh); one that is also a teacher keeps the teacher's."""
+    from jaxalign import config as C
+    from jaxalign.pipeline.jobs import model_roles
+    from jaxalign.pipeline.models import job_meshes
+    from tests.test_run import composed
+
+    cfg = C.from_omegaconf(composed(*CONTEXT_ONLY, "context_mesh={data: 2, model: 1}"))
+    assert meshes.context_meshes(cfg) == {"toy:teacher": ("context_mesh", C.MeshConf(2, 1))}
+    assert meshes.mesh_devices(cfg) == 2
+    assert meshes.context_meshes(C.from_omegaconf(composed(*CONTEXT_ONLY, "student.mesh.data=2"))) == {
+        "toy:teacher": ("student.mesh", C.MeshConf(2, 1))}
+    shared = C.from_omegaconf(composed("+teachers.SELF-1C.source=toy:teacher", "context_mesh={data: 2, model: 1}"))
+    assert meshes.context_meshes(shared) == {} and meshes.mesh_devices(shared) is None
+    default = _validated(*CONTEXT_ONLY)
+    assert job_meshes(default, list(model_roles(default))) == {"toy:student": (1, 1), "toy:teacher": (1, 1)}
 
 
 def test_data_minus_one_takes_the_devices_model_leaves():

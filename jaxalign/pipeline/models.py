@@ -9,7 +9,7 @@ so the job's memory peak is the larger of
   main:      the student + every external teacher, and the largest KV cache of the main phase
 
 Each model is loaded onto its (data, model) mesh (``student.mesh``, ``teachers.NAME.mesh``;
-context models use the student's), tensor by tensor (:func:`jaxalign.models.sharding.placement`).
+context-only models ``context_mesh``, else the student's), tensor by tensor (:func:`jaxalign.models.sharding.placement`).
 A mesh of one device is no mesh: the model loads as it always did.
 
 Before anything loads, each model is logged with its bytes, computed from its config.json (the
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 from jaxalign import config as C
 from jaxalign.errors import ConfigError
-from jaxalign.meshes import model_meshes, resolve_mesh
+from jaxalign.meshes import context_meshes, model_meshes, resolve_mesh
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,10 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
         log.info("device memory unknown (%s); the models' fit is not checked (set device_memory_gb to check it)",
                  where)
         return
+    def model_axis(phase: str) -> str:
+        return ("student.mesh.model, context_mesh.model" if phase == PRE_PASS
+                else "student.mesh.model, teachers.NAME.mesh.model")
+
     for phase, specs in phases.items():
         need = sum(s.per_device for s in specs)
         if need > WEIGHT_SHARE * limit:
@@ -138,14 +142,16 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
             raise ConfigError(
                 f"the {phase} needs {_gb(need)} of weights ({_listed(specs)}), more than {WEIGHT_SHARE:.0%} of the "
                 f"{_gb(limit)} of {where}. Use a device with more memory,{smaller} or fewer or smaller models "
-                "(leave a teacher out with ~teachers.NAME), or split them over more devices with a larger model "
-                "axis (student.mesh.model, teachers.NAME.mesh.model)")
+                f"(leave a teacher out with ~teachers.NAME), or split them over more devices with a larger model "
+                f"axis ({model_axis(phase)})")
     for phase, specs in phases.items():
         need = sum(s.per_device for s in specs)
         cache = (caches or {}).get(phase)
         if cache is None or need + cache.nbytes <= WEIGHT_SHARE * limit:
             continue
-        if cache.kind == "sampler":
+        if cache.kind == "sampler" and phase == PRE_PASS:  # demonstrations: a fixed batch, rows over data
+            fewer = "a data axis that splits the rows (context_mesh.data), "
+        elif cache.kind == "sampler":
             half = max(1, min(batch_rollouts or cache.rows, cache.rows) // 2)
             fewer = (f"a data axis that splits the rows (student.mesh.data), fewer rows per sampler call "
                      f"(budget.batch_rollouts={half}), ")
@@ -155,15 +161,16 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
             f"the {phase} needs a peak of {_gb(need + cache.nbytes)} per device: {_gb(need)} of weights "
             f"({_listed(specs)}) and {_gb(cache.nbytes)} for the largest KV cache ({cache.model}'s {cache.kind} "
             f"cache, {cache.size}), more than {WEIGHT_SHARE:.0%} of the {_gb(limit)} of {where}. Use a larger model "
-            f"axis (student.mesh.model, teachers.NAME.mesh.model: it splits the weights and the kv heads), {fewer}"
+            f"axis ({model_axis(phase)}: it splits the weights and the kv heads), {fewer}"
             "or a device with more memory (device_memory_gb)")
 
 
 def job_meshes(cfg: C.RunConf, model_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
     """model id -> its resolved (data, model): the student's and external teachers' settings
-    (:func:`jaxalign.meshes.model_meshes`), the student's for context models. jax's device count
-    is read only when some mesh is not one device."""
-    meshes = model_meshes(cfg)
+    (:func:`jaxalign.meshes.model_meshes`), ``context_mesh`` (else the student's) for context-only
+    models (:func:`jaxalign.meshes.context_meshes`). jax's device count is read only when some mesh
+    is not one device."""
+    meshes = {**context_meshes(cfg), **model_meshes(cfg)}
     chosen = {m: meshes.get(m, ("student.mesh", cfg.student.mesh)) for m in model_ids}
     if all(mesh == C.MeshConf() for _, mesh in chosen.values()):
         return {m: (1, 1) for m in model_ids}
