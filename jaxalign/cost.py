@@ -321,7 +321,7 @@ def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest
     out = []
     longest = max(1, min(limit, longest))
     mean = min(float(longest), mean if mean is not None else float(longest))
-    for chunk in _chunks(list(counts), max_rows, QUEUE_FACTOR * max_rows):
+    for chunk in _chunks(list(counts), max_rows, QUEUE_FACTOR * max_rows, min_rows):
         prefixes, columns, rows = queue_layout(chunk, max_rows, min_rows)
         rounds = -(-max(c for _, _, c in chunk) // rows)
         steps = int(math.ceil((rounds - 1) * mean + longest))

@@ -211,16 +211,20 @@ def _left_pad(seqs: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.n
     return tokens, start
 
 
-def _chunks(counts: Sequence[int], max_rows: int, max_jobs: Optional[int] = None) -> list[list[tuple[int, int, int]]]:
+def _chunks(counts: Sequence[int], max_rows: int, max_jobs: Optional[int] = None,
+            min_rows: int = 1) -> list[list[tuple[int, int, int]]]:
     """Splits (prefix, completions) into calls of (prefix, first, count) pieces, each piece at most
-    ``max_jobs`` completions, with bucket(#prefixes) <= max_rows and bucket(#prefixes) x bucket(largest
-    piece) <= max_jobs (default max_rows: every completion gets its own decode row)."""
+    ``max_jobs`` completions, with bucket(#prefixes) x min_rows <= max_rows and bucket(#prefixes) x
+    bucket(largest piece) <= max_jobs (default max_rows: every completion gets its own decode row).
+    ``min_rows``: the rows each prefix gets at least (the mesh's data axis), so that a call of several
+    prefixes stays within max_rows."""
     max_jobs = max_rows if max_jobs is None else max_jobs
     pieces = [(p, first, min(max_jobs, c - first)) for p, c in enumerate(counts) for first in range(0, c, max_jobs)]
     chunks, current = [], []
     for piece in pieces:
         trial = current + [piece]
-        if current and (bucket(len(trial)) > max_rows or bucket(len(trial)) * bucket(max(c for _, _, c in trial)) > max_jobs):
+        if current and (bucket(len(trial)) * min_rows > max_rows
+                        or bucket(len(trial)) * bucket(max(c for _, _, c in trial)) > max_jobs):
             chunks.append(current)
             trial = [piece]
         current = trial
@@ -232,7 +236,9 @@ def queue_layout(chunk: Sequence[tuple[int, int, int]], max_rows: int, min_rows:
 
     C is a power of two (>= min_rows). P has at most three significant bits (20 prefixes stay 20, not
     32: a padding prefix's rows would step idle through the whole call). Rows per prefix: as many as
-    fit P x rows <= max_rows, a multiple of min_rows (the mesh's data axis), at most C.
+    fit P x rows <= max_rows, a multiple of min_rows (the mesh's data axis), at most C. P x rows
+    exceeds max_rows only for one prefix with max_rows < min_rows (:func:`_chunks` with the same
+    ``min_rows`` splits the rest).
     """
     prefixes, columns = coarse_bucket(len(chunk)), bucket(max(c for _, _, c in chunk), min_rows)
     rows = max(min_rows, max_rows // prefixes // min_rows * min_rows)
@@ -283,7 +289,7 @@ def sample(
                    mesh=mesh, rules=rules)
     dynamics = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max_new_tokens))
     if fork:
-        work = _chunks(counts, max_rows, QUEUE_FACTOR * max_rows if max_queued is None else max_queued)
+        work = _chunks(counts, max_rows, QUEUE_FACTOR * max_rows if max_queued is None else max_queued, min_rows)
     else:
         flat_rows = [(p, row_ids[p] + j) for p, c in enumerate(counts) for j in range(c)]
         work = [flat_rows[i: i + max_rows] for i in range(0, len(flat_rows), max_rows)]

@@ -1,5 +1,6 @@
 """Sampling engine: cascade decode, forked vs plain, row independence, frequencies, scoring, compiles."""
 
+import math
 import os
 import subprocess
 import sys
@@ -102,6 +103,10 @@ def test_queued_completions_equal_one_row_each(params):
     assert sampling.COMPILES["forked"] - before <= 1  # one call: 3 prefixes x 1 row, 23 completions queued
     assert sampling.queue_layout([(0, 0, 23), (1, 0, 6), (2, 0, 1)], 4) == (3, 32, 1)
     assert sampling.queue_layout([(p, 0, 25) for p in range(20)], 256) == (20, 32, 12)  # no padding prefixes
+    # a mesh's data axis of 8 gives each prefix 8 rows: 20 prefixes of one call would need 160 rows of 64
+    calls = sampling._chunks([4] * 20, 64, 16 * 64, min_rows=8)
+    assert [len(c) for c in calls] == [8, 8, 4]
+    assert all(math.prod(sampling.queue_layout(c, 64, 8)[::2]) <= 64 for c in calls)
     plain = sample(params, CFG, prefixes, counts, fork=False, **kwargs)
     np.testing.assert_array_equal(queued.tokens, plain.tokens)
     np.testing.assert_array_equal(queued.lengths, plain.lengths)
