@@ -125,6 +125,23 @@ def test_a_question_locked_by_another_process_is_skipped_and_the_lock_dies_with_
     assert exact_run(SEED, tmp_path).run()["status"] == "analysed"
 
 
+def test_a_locked_question_never_opens_its_checkpoints(tmp_path, monkeypatch):
+    """orbax lists and stats a directory's steps when it opens it; the process holding the lock may be
+    pruning them at that moment (FileNotFoundError: .../ckpt/exact-3/34, seen with two processes)."""
+    import jaxalign.pipeline.question as question
+
+    def opened(directory, *args, **kwargs):
+        raise AssertionError(f"checkpoints of {directory} opened without the question's lock")
+
+    holder = _hold_lock(tmp_path / "questions" / f"{QID}.lock")
+    try:
+        monkeypatch.setattr(question, "QuestionCheckpoints", opened)
+        assert exact_run(SEED, tmp_path).run() is None
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
 def test_two_processes_on_one_run_directory_never_share_a_question(tmp_path):
     """Both work through the same questions; each question is computed by exactly one of them."""
     worker = ("import sys, json; import jaxalign.pipeline.question as q; from tests.pipeline_worker import exact_run\n"

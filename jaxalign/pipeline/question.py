@@ -106,7 +106,7 @@ class QuestionRun:
         self.teachers, self.grade, self.cfg = list(teachers), grade, cfg
         self.run_dir = Path(run_dir)
         self.stop, self.progress = stop, progress
-        self.ckpt = QuestionCheckpoints(self.run_dir / "ckpt" / _safe(qid))
+        self.ckpt: Optional[QuestionCheckpoints] = None  # opened by _compute, under the question's lock
         self.step = 0
         self.state = Phase1State.fresh(cfg.num_initial, cfg.max_response_tokens)
         self.timings: dict[str, float] = {}
@@ -302,6 +302,9 @@ class QuestionRun:
     def _compute(self, base: Path) -> dict:
         parquet, summary_path, tree_path, children_path = self.result_paths()
         start = time.time()
+        # Opened only under the lock: orbax lists and stats the steps when it opens a directory, and a
+        # process that holds the lock may be saving and pruning them (max_to_keep) meanwhile.
+        self.ckpt = QuestionCheckpoints(self.run_dir / "ckpt" / _safe(self.qid))
         self._restore()
         st = self.state
         if st.stage == "initial":
