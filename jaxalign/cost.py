@@ -316,7 +316,7 @@ def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest
     limit). Rollouts are ``mean`` tokens long on average. ``min_rows``: the student mesh's ``data``
     size, which the engine rounds rows per prefix up to.
     """
-    from jaxalign.engine.sampling import QUEUE_FACTOR, _chunks, bucket, queue_layout
+    from jaxalign.engine.sampling import QUEUE_FACTOR, _chunks, bucket, prefix_slots, queue_layout
 
     out = []
     longest = max(1, min(limit, longest))
@@ -326,7 +326,7 @@ def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest
         rounds = -(-max(c for _, _, c in chunk) // rows)
         steps = int(math.ceil((rounds - 1) * mean + longest))
         new_slots = bucket(limit, 8)
-        out.append(SamplerCall(prefixes, columns, bucket(prefix_tokens, 16), new_slots, steps,
+        out.append(SamplerCall(prefixes, columns, prefix_slots(prefix_tokens), new_slots, steps,
                                sum(c for _, _, c in chunk), mean, rows, mean_window(new_slots, steps, longest)))
     return out
 

@@ -3,7 +3,7 @@ device against ``device_memory_gb`` (on the CPU, only with that setting), with t
 :mod:`jaxalign.cost` checked against the bytes of real arrays.
 
 The toy run below (the embedded toy student and teacher, 64-token responses) needs 1.04 MB of weights
-and 1.22 MB for the student's widest sampler call (32 rows), 2.26 MB in all.
+and 1.36 MB for the student's widest sampler call (32 rows), 2.40 MB in all.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def _job(tmp_path, *extra):
 def test_a_run_that_fits_passes_and_logs_its_peak(tmp_path, caplog):
     caplog.set_level("INFO")
     _job(tmp_path, f"device_memory_gb={FITS}")
-    assert ("main phase (student and external teachers): peak 2.3 MB per device (weights 1.0 MB, largest KV cache "
-            "1.2 MB: toy:student's sampler cache, 32 rows x 64 slots + 4 prefixes x 64 slots, 32 completions)") in caplog.text
+    assert ("main phase (student and external teachers): peak 2.4 MB per device (weights 1.0 MB, largest KV cache "
+            "1.4 MB: toy:student's sampler cache, 32 rows x 64 slots + 4 prefixes x 128 slots, 32 completions)") in caplog.text
 
 
 def test_the_kv_cache_is_refused_before_any_weight_loads(tmp_path, monkeypatch):
@@ -57,9 +57,9 @@ def test_the_kv_cache_is_refused_before_any_weight_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as refused:
         execute(composed(*SAMPLER, f"device_memory_gb={WEIGHTS_ONLY}"), tmp_path)
     message = str(refused.value)
-    assert message.startswith("the main phase (student and external teachers) needs a peak of 2.3 MB per device: "
-                              "1.0 MB of weights (toy:student 420.6 kB, toy:teacher 617.9 kB) and 1.2 MB for the "
-                              "largest KV cache (toy:student's sampler cache, 32 rows x 64 slots + 4 prefixes x 64 "
+    assert message.startswith("the main phase (student and external teachers) needs a peak of 2.4 MB per device: "
+                              "1.0 MB of weights (toy:student 420.6 kB, toy:teacher 617.9 kB) and 1.4 MB for the "
+                              "largest KV cache (toy:student's sampler cache, 32 rows x 64 slots + 4 prefixes x 128 "
                               "slots, 32 completions), more than 90% of the 1.5 MB of device_memory_gb"), message
     for fix in ("student.mesh.model", "student.mesh.data", "budget.batch_rollouts=16", "device_memory_gb"):
         assert fix in message
@@ -68,7 +68,7 @@ def test_the_kv_cache_is_refused_before_any_weight_loads(tmp_path, monkeypatch):
 
 def test_the_peak_is_the_bytes_of_the_arrays():
     """The main phase's weights and cache against the bytes of the loaded weights and of caches of the
-    widest sampler call's shape (32 rows x 64 new slots, 4 prefixes x 64 slots, as the check says)."""
+    widest sampler call's shape (32 rows x 64 new slots, 4 prefixes x 128 slots, as the check says)."""
     from jaxalign.models import init_cache, load_qwen3
     from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
     from jaxalign.pipeline.models import MAIN_PHASE, JobModels
@@ -85,7 +85,7 @@ def test_the_peak_is_the_bytes_of_the_arrays():
         weights += loaded
     assert sum(s.per_device for s in models.phases()[MAIN_PHASE]) == weights
     student_cfg, _ = load_qwen3(TOY / "student", jnp.float32)
-    caches = (init_cache(student_cfg, 32, 64, jnp.float32), init_cache(student_cfg, 4, 64, jnp.float32))
+    caches = (init_cache(student_cfg, 32, 64, jnp.float32), init_cache(student_cfg, 4, 128, jnp.float32))
     kv = sum(x.nbytes for c in caches for x in (*c.k, *c.v))
     logits = 3 * np.zeros((32, student_cfg.vocab_size), np.float32).nbytes  # logits, noise, perturbed logits
     cache = models.caches(cfg, models.prompt_tokens(prompts, task.system))[MAIN_PHASE]
@@ -165,8 +165,8 @@ def test_a_model_axis_makes_a_refused_run_fit(tmp_path):
 
 
 def test_the_pre_pass_counts_the_context_models_sampler():
-    """A context model writing demonstrations (20 at a time: 32 rows of 64 new slots after a
-    64-slot prompt) against the bytes of caches of that shape, plus its weights and the student's."""
+    """A context model writing demonstrations (20 at a time: 32 rows of 64 new slots after a prompt
+    in 128 slots, the prefix minimum) against the bytes of caches of that shape."""
     from jaxalign.models import init_cache, load_qwen3
     from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
     from jaxalign.pipeline.models import PRE_PASS, JobModels
@@ -179,22 +179,23 @@ def test_the_pre_pass_counts_the_context_models_sampler():
     assert [s.id for s in models.phases()[PRE_PASS]] == ["toy:student", "toy:teacher"]
     cache = models.caches(cfg, models.prompt_tokens(prompts, task.system))[PRE_PASS]
     teacher_cfg, _ = load_qwen3(TOY / "teacher", jnp.float32)
-    caches = (init_cache(teacher_cfg, 32, 64, jnp.float32), init_cache(teacher_cfg, 1, 64, jnp.float32))
+    caches = (init_cache(teacher_cfg, 32, 64, jnp.float32), init_cache(teacher_cfg, 1, 128, jnp.float32))
     kv = sum(x.nbytes for c in caches for x in (*c.k, *c.v))
-    assert (cache.model, cache.size) == ("toy:teacher", "32 rows x 64 slots + 1 prefix x 64 slots")
+    assert (cache.model, cache.size) == ("toy:teacher", "32 rows x 64 slots + 1 prefix x 128 slots")
     assert cache.nbytes == kv + 3 * 32 * teacher_cfg.vocab_size * 4
 
 
 def test_minillm_scoring_is_priced_as_its_arrays():
     """With minillm_mc, each model scores the stored rollouts in batches (engine.scoring.token_logprobs):
     the toy teacher's batch (16 rollouts of up to 64 tokens after a 64-slot prompt) is the largest
-    cache, priced as the bytes of its caches and of four float32 [rows x positions, V] arrays."""
+    cache (with 16 sampler rows), priced as the bytes of its caches and of four float32 [rows x positions,
+    V] arrays."""
     from jaxalign.engine.scoring import scored_rows_layout
     from jaxalign.models import init_cache, load_qwen3
     from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
     from jaxalign.pipeline.models import MAIN_PHASE, JobModels
 
-    cfg = C.from_omegaconf(composed(*RUN))
+    cfg = C.from_omegaconf(composed(*RUN, "budget.batch_rollouts=16"))
     task = load_task(cfg)
     prompts = [q.user for q in select_questions(task, cfg.dataset)]
     models = JobModels(cfg, model_roles(cfg), cfg.student.path, prompts, task.system)

@@ -45,6 +45,15 @@ from jaxalign.policy import SampleBatch
 
 COMPILES: collections.Counter = collections.Counter()
 QUEUE_FACTOR = 16  # completions queued per call, per decode row (forked layout)
+# The forked layout's shared prefixes take at least this many KV slots. Real prompts are longer, so it
+# costs them nothing; short ones (the toy's 40-120 tokens) share one bucket instead of two, which
+# halves the sampler shapes a run compiles. The prefix is prefilled and read once per call, not per row.
+PREFIX_SLOTS_MIN = 128
+
+
+def prefix_slots(tokens: int) -> int:
+    """KV slots of a forked call's shared prefix of ``tokens`` tokens (a power of two, >= PREFIX_SLOTS_MIN)."""
+    return bucket(tokens, PREFIX_SLOTS_MIN)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -297,7 +306,7 @@ def sample(
         if fork:
             num_p, per_p, slots = queue_layout(chunk, max_rows, min_rows)
             seqs = [prefixes[p] for p, _, _ in chunk] + [prefixes[chunk[0][0]]] * (num_p - len(chunk))
-            ptok, pstart = _left_pad(seqs, bucket(max(len(s) for s in seqs), 16))
+            ptok, pstart = _left_pad(seqs, prefix_slots(max(len(s) for s in seqs)))
             ids = np.zeros((num_p, per_p), np.int32)
             valid = np.zeros((num_p, per_p), bool)
             for i, (p, first, c) in enumerate(chunk):

@@ -243,7 +243,7 @@ class JobModels:
     def caches(self, cfg: C.RunConf, prompt_tokens: int) -> dict[str, CacheUse]:
         """Each phase's largest KV cache on one device (see the module docstring), by phase name."""
         from jaxalign import cost
-        from jaxalign.engine.sampling import bucket
+        from jaxalign.engine.sampling import bucket, prefix_slots
         from jaxalign.teachers import FORMATS, context_needs
         from jaxalign.teachers.prepass import ContextSettings
 
@@ -273,11 +273,11 @@ class JobModels:
                 data, tp = spec.mesh
                 shape = self.shapes[spec.id]
                 if spec.id in writes_demos:  # demonstrations, batch rows at a time
-                    rows, prefix, new = bucket(demo_rows, data), bucket(prompt_tokens, 16), bucket(cap, 8)
+                    rows, prefix, new = bucket(demo_rows, data), prefix_slots(prompt_tokens), bucket(cap, 8)
                     found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
                                           cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows))
                 if "summaries" in spec.roles:  # one row, after the question and up to two demonstrations
-                    rows, prefix = data, bucket(prompt_tokens + 2 * cap, 16)
+                    rows, prefix = data, prefix_slots(prompt_tokens + 2 * cap)
                     new = bucket(cfg.summary_max_tokens, 8)
                     found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
                                           cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows))

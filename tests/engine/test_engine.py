@@ -125,6 +125,18 @@ def test_a_queued_call_stops_at_the_limit_and_after_the_last_completion(params):
     np.testing.assert_array_equal(out.tokens, plain.tokens)
 
 
+def test_short_prefixes_share_one_compiled_shape(params):
+    """Prefixes of 30 and 90 tokens both take PREFIX_SLOTS_MIN = 128 slots: one compile, not two."""
+    from jaxalign.engine import sampling
+
+    assert [sampling.prefix_slots(n) for n in (1, 30, 128, 129)] == [128, 128, 128, 256]
+    kwargs = dict(max_new_tokens=4, key=jax.random.key(2), eos_ids=EOS, max_rows=8)
+    before = sampling.COMPILES["forked"]
+    for length in (30, 90):
+        sample(params, CFG, _prefixes([length, length + 1, length + 2], seed=length), [3, 2, 1], **kwargs)
+    assert sampling.COMPILES["forked"] - before == 1
+
+
 def test_idle_rows_never_widen_the_attention_window(params, monkeypatch):
     """A prefix whose queue is empty leaves its row idle; the window is chosen from the furthest
     *active* row's slot (at most limit - 2), never from a row that stopped."""
