@@ -21,7 +21,8 @@ Jit compilation is priced too (each distinct shape once per job), and so are the
 
 The trace lengths come from the paper where it gives them (:data:`TRACES`) and are stated in
 the output. Not priced: the context pre-pass (demonstrations, summaries), host work (grading,
-tree updates, checkpoints), and data loading. docs/cost.md explains the model and its checks.
+tree updates, checkpoints), data loading, and a mesh's communication (device-hours on a mesh are
+one device's, as if it scaled ideally). docs/cost.md explains the model and its checks.
 
 ``python -m jaxalign.cost DIR ...`` adds up the ``forecast.json`` files of a sweep's dry runs and
 prints the total as its last line: ``{"gpu_days": ..., "device": ..., "rollouts_per_question": ...}``.
@@ -714,7 +715,8 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
         "compiled_shapes": {f"{kind} {m.id}": n for kind, m, n in compiled},
         "memory": own,
         "projections": projections,
-        "not_priced": "the context pre-pass (demonstrations, summaries) and host work (grading, tree, checkpoints)",
+        "not_priced": "the context pre-pass (demonstrations, summaries), host work (grading, tree, checkpoints) "
+                      "and a mesh's communication: a mesh's device-hours are one device's, as at ideal scaling",
     }
 
 
