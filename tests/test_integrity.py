@@ -142,6 +142,22 @@ def test_a_locked_question_never_opens_its_checkpoints(tmp_path, monkeypatch):
         holder.wait()
 
 
+def test_a_failed_question_closes_its_checkpoints_before_it_lets_go_of_the_lock(tmp_path, monkeypatch):
+    """An error in Phase 2 must not leave an async checkpoint save running after the lock is released."""
+    import jaxalign.pipeline.question as question
+    from jaxalign.checkpoint import QuestionCheckpoints
+
+    events = []
+    close = QuestionCheckpoints.close
+    monkeypatch.setattr(QuestionCheckpoints, "close", lambda self: (events.append("closed"), close(self))[1])
+    release = QuestionLock.release
+    monkeypatch.setattr(QuestionLock, "release", lambda self: (events.append("released"), release(self))[1])
+    monkeypatch.setattr(question, "score_paths", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("phase 2 broke")))
+    with pytest.raises(RuntimeError, match="phase 2 broke"):
+        exact_run(SEED, tmp_path).run()
+    assert events[:2] == ["closed", "released"], events
+
+
 def test_two_processes_on_one_run_directory_never_share_a_question(tmp_path):
     """Both work through the same questions; each question is computed by exactly one of them."""
     worker = ("import sys, json; import jaxalign.pipeline.question as q; from tests.pipeline_worker import exact_run\n"

@@ -305,21 +305,11 @@ class QuestionRun:
         # Opened only under the lock: orbax lists and stats the steps when it opens a directory, and a
         # process that holds the lock may be saving and pruning them (max_to_keep) meanwhile.
         self.ckpt = QuestionCheckpoints(self.run_dir / "ckpt" / _safe(self.qid))
-        self._restore()
+        try:
+            rows, children = self._phases(start)
+        finally:
+            self.ckpt.close()  # whatever stopped the work, no async save outlives the lock
         st = self.state
-        if st.stage == "initial":
-            self._initial()
-        self.timings["phase1_initial_s"] = round(time.time() - start, 3)
-        if st.stage == "enrich":
-            self._enrich()
-        self.timings["phase1_s"] = round(time.time() - start, 3)
-        children: list[dict] = []
-        rows = [] if st.skip_reason else score_paths(
-            self.qid, st.tree, self.student, self.prompt, self.teachers, self.cfg.enrich.n_sig,
-            float(st.init_success.mean()), self.cfg.score_chunk, self.cfg.algorithms, self.cfg.conventions,
-            self._stored_rollouts(), children, topk_k=self.cfg.topk_gkd_k)
-        self.timings["total_s"] = round(time.time() - start, 3)
-        self.ckpt.close()
         for stale in (parquet, summary_path, tree_path, children_path, manifest_path(base)):
             stale.unlink(missing_ok=True)  # a damaged set is replaced whole; the manifest comes last
         atomic_write(parquet, lambda p: write_rows(rows, p))
@@ -338,6 +328,25 @@ class QuestionRun:
         write_json(summary_path, summary)
         write_manifest(base, written)
         return summary
+
+
+    def _phases(self, start: float) -> tuple[list[dict], list[dict]]:
+        """Phase 1 (resumed from the newest checkpoint) and Phase 2: (rows, children)."""
+        self._restore()
+        st = self.state
+        if st.stage == "initial":
+            self._initial()
+        self.timings["phase1_initial_s"] = round(time.time() - start, 3)
+        if st.stage == "enrich":
+            self._enrich()
+        self.timings["phase1_s"] = round(time.time() - start, 3)
+        children: list[dict] = []
+        rows = [] if st.skip_reason else score_paths(
+            self.qid, st.tree, self.student, self.prompt, self.teachers, self.cfg.enrich.n_sig,
+            float(st.init_success.mean()), self.cfg.score_chunk, self.cfg.algorithms, self.cfg.conventions,
+            self._stored_rollouts(), children, topk_k=self.cfg.topk_gkd_k)
+        self.timings["total_s"] = round(time.time() - start, 3)
+        return rows, children
 
 
 def _write_npz(arrays: dict, path: Path) -> None:
