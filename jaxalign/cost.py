@@ -677,12 +677,17 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
     lengths = trace_lengths(cfg, response_tokens)
     plan = question_plan(cfg, models, lengths, decode_cache=decode_cache)
     compiled = compile_work(plan, models, lengths)
+    meshes = run_meshes(cfg)
+    # A context_mesh wider than the main phase's meshes is held by the job from start to end: the
+    # devices it adds sit idle through Phase 1 and 2, and a cluster bills them.
+    main_span = max((data * model for data, model in (meshes or {}).values()), default=1)
+    held = _context_devices(cfg, main_span) / main_span
 
     def hours(device: Optional[cal.Device]) -> dict:
         phase = {"phase1": 0.0, "phase2": 0.0}
         for w in plan.work:
-            phase[w.phase] += w.seconds(calibration, device)
-        compile_s = sum(n * calibration.kernel(m.shape, kind).compile_seconds(
+            phase[w.phase] += held * w.seconds(calibration, device)
+        compile_s = held * sum(n * calibration.kernel(m.shape, kind).compile_seconds(
             0 if kind == "project" else m.shape.layers) for kind, m, n in compiled)
         out = {"phase1_gpu_hours": questions * phase["phase1"] / 3600,
                "phase2_gpu_hours": questions * phase["phase2"] / 3600,
@@ -694,7 +699,6 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
 
     device = calibration.device
     own_memory = cfg.device_memory_gb * 1e9 if cfg.device_memory_gb else device.memory
-    meshes = run_meshes(cfg)
     projections = {}
     for name in PROJECT_ONTO:
         target = cal.SPECS[name]
@@ -717,6 +721,8 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
         "projections": projections,
         "not_priced": "the context pre-pass (demonstrations, summaries), host work (grading, tree, checkpoints) "
                       "and a mesh's communication: a mesh's device-hours are one device's, as at ideal scaling",
+        **({"idle_held_devices": f"x{held:g}: context_mesh holds more devices than the main phase uses, idle "
+                                 "through Phase 1 and 2 and priced"} if held > 1 else {}),
     }
 
 

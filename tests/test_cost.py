@@ -418,4 +418,10 @@ def test_the_job_asks_for_the_context_models_mesh():
     assert f["projections"]["H100"]["gpus_per_job"] == 4
     assert f["projections"]["A100"]["gpus_per_job"] == max(4, alone["projections"]["A100"]["gpus_per_job"])
     assert f["memory"]["peak_gb"] == alone["memory"]["peak_gb"]  # the main phase is unchanged
+    # the job holds 4 devices throughout and uses one after the pre-pass: the idle three are billed
+    assert f["gpu_hours"] == pytest.approx(4 * alone["gpu_hours"]) and "idle_held_devices" in f
+    assert f["projections"]["A100"]["gpu_hours"] == pytest.approx(4 * alone["projections"]["A100"]["gpu_hours"])
+    wide = cost.forecast(paper_cfg("student.mesh={data: 4, model: 1}", "context_mesh={data: 1, model: 4}"),
+                         calibration, models=models)
+    assert "idle_held_devices" not in wide  # the main phase's mesh already spans the 4
     assert meshes.context_meshes(paper_cfg()) == {"Qwen/Qwen3-32B": ("student.mesh", MeshConf(1, 1))}
