@@ -8,6 +8,7 @@ and 1.36 MB for the student's widest sampler call (32 rows), 2.40 MB in all.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -109,10 +110,15 @@ def test_check_fits_adds_the_phase_cache_to_the_weights():
     with pytest.raises(ConfigError, match=r"b's scoring cache.*budget.max_response_tokens"):
         check_fits({"p": specs}, 499, "x", caches={"p": scoring})
     check_fits({"p": specs}, None, "cpu", caches={"p": cache})  # unknown memory: not checked
-    # the pre-pass's fixes are the context model's settings: its mesh, not the main phase's batch
+    # the pre-pass's fixes are the writing model's mesh, not the main phase's batch
+    demos = dataclasses.replace(cache, data_axis="context_mesh.data")
     with pytest.raises(ConfigError, match=r"larger model axis \(student.mesh.model, context_mesh.model: .*a data axis "
                                           r"that splits the rows \(context_mesh.data\), or a device"):
-        check_fits({PRE_PASS: specs}, 499, "x", caches={PRE_PASS: cache}, batch_rollouts=64)
+        check_fits({PRE_PASS: specs}, 499, "x", caches={PRE_PASS: demos}, batch_rollouts=64)
+    summary = dataclasses.replace(cache, data_axis=None)  # one row per data shard: no data axis shrinks it
+    with pytest.raises(ConfigError) as refused:
+        check_fits({PRE_PASS: specs}, 499, "x", caches={PRE_PASS: summary}, batch_rollouts=64)
+    assert "data axis" not in str(refused.value) and "batch_rollouts" not in str(refused.value)
     with pytest.raises(ConfigError, match=r"larger model axis \(student.mesh.model, context_mesh.model\)$"):
         check_fits({PRE_PASS: specs}, 150, "x")
 

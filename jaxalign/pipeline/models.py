@@ -88,6 +88,8 @@ class CacheUse:
     size: str
     nbytes: int
     rows: int = 1  # a sampler cache's rows (all of them, over every data shard)
+    # the setting whose data axis splits a sampler cache's rows; None: none does (one row per device)
+    data_axis: Optional[str] = "student.mesh.data"
 
 
 def weight_bytes(model_dir: Path, dtype) -> int:
@@ -149,8 +151,8 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
         cache = (caches or {}).get(phase)
         if cache is None or need + cache.nbytes <= WEIGHT_SHARE * limit:
             continue
-        if cache.kind == "sampler" and phase == PRE_PASS:  # demonstrations: a fixed batch, rows over data
-            fewer = "a data axis that splits the rows (context_mesh.data), "
+        if cache.kind == "sampler" and phase == PRE_PASS:  # a fixed batch of demonstrations, or one summary row
+            fewer = f"a data axis that splits the rows ({cache.data_axis}), " if cache.data_axis else ""
         elif cache.kind == "sampler":
             half = max(1, min(batch_rollouts or cache.rows, cache.rows) // 2)
             fewer = (f"a data axis that splits the rows (student.mesh.data), fewer rows per sampler call "
@@ -275,12 +277,14 @@ class JobModels:
                 if spec.id in writes_demos:  # demonstrations, batch rows at a time
                     rows, prefix, new = bucket(demo_rows, data), prefix_slots(prompt_tokens), bucket(cap, 8)
                     found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
-                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows))
-                if "summaries" in spec.roles:  # one row, after the question and up to two demonstrations
+                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows,
+                                          "student.mesh.data" if spec.id == self.student else "context_mesh.data"))
+                if "summaries" in spec.roles:  # one row (one per data shard), after the question and two demos
                     rows, prefix = data, prefix_slots(prompt_tokens + 2 * cap)
                     new = bucket(cfg.summary_max_tokens, 8)
                     found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
-                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows))
+                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows,
+                                          None))
             if found:
                 out[PRE_PASS] = max(found, key=lambda c: c.nbytes)
         return out
