@@ -14,7 +14,7 @@
 #
 # Extra launcher settings pass through as overrides, e.g. hydra.launcher.timeout_min=600
 # hydra.launcher.gpus_per_node=2. With --slurm or --local, each job asks for the GPUs its meshes
-# need: the largest data x model of student.mesh and teachers.NAME.mesh over the sweep's jobs
+# need: the largest data x model of student.mesh, teachers.NAME.mesh and context_mesh over the sweep's jobs
 # (python: jaxalign.meshes.sweep_devices). A mesh with data=-1 takes the GPUs it is given, so
 # it leaves the launcher's gpus_per_node as it is; a gpus_per_node among the OVERRIDEs always wins.
 # The interpreter is $PYTHON if set, else the repository's

@@ -46,8 +46,9 @@ from jaxalign.policy import SampleBatch
 COMPILES: collections.Counter = collections.Counter()
 QUEUE_FACTOR = 16  # completions queued per call, per decode row (forked layout)
 # The forked layout's shared prefixes take at least this many KV slots. Real prompts are longer, so it
-# costs them nothing; short ones (the toy's 40-120 tokens) share one bucket instead of two, which
-# halves the sampler shapes a run compiles. The prefix is prefilled and read once per call, not per row.
+# costs them nothing; short ones (the toy's 40-120 tokens) share one bucket instead of two, one sampler
+# shape fewer for the toy default (7 -> 6). Each step reads a prefix once for all its rows (cascade), so
+# a short prompt's padding costs one read of 128 slots per prefix and step, not one per row.
 PREFIX_SLOTS_MIN = 128
 
 

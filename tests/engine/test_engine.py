@@ -249,6 +249,8 @@ def test_compare_matches_numpy():
 
 
 def test_compiles_stay_bounded(params):
+    from jaxalign.engine import sampling
+
     rng = np.random.default_rng(7)
     touched = set()
     before = COMPILES["forked"]
@@ -258,7 +260,8 @@ def test_compiles_stay_bounded(params):
         max_new = int(rng.integers(1, 17))
         sample(params, CFG, _prefixes(lengths, seed=int(rng.integers(1000))), counts, max_new_tokens=max_new,
                key=jax.random.key(0), eos_ids=EOS)
-        touched.add((bucket(len(lengths)), bucket(int(counts.max())), bucket(int(lengths.max()), 16), bucket(max_new, 8)))
+        touched.add((sampling.coarse_bucket(len(lengths)), bucket(int(counts.max())),
+                     sampling.prefix_slots(int(lengths.max())), bucket(max_new, 8)))
     compiles = COMPILES["forked"] - before
     assert compiles <= len(touched), (compiles, len(touched))
     assert len(touched) < 20  # bucketing actually merged shapes
