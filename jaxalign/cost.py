@@ -413,15 +413,16 @@ def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, 
 
 
 def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[int] = None,
-                  decode_cache: str = "built") -> QuestionPlan:
+                  decode_cache: str = "built", data: Optional[int] = None) -> QuestionPlan:
     """The device work of one (not skipped) question under ``cfg``'s budget (``decode_cache``: see
-    :func:`_sampling_work`)."""
+    :func:`_sampling_work`). ``data``: the student mesh's resolved data axis (a job knows it); by
+    default ``student.mesh.data``, with data=-1 (all the devices a job gets) priced as 1."""
     if decode_cache not in DECODE_CACHES:
         raise ConfigError(f"decode_cache={decode_cache!r}: choose one of {DECODE_CACHES}")
     b, student = cfg.budget, models.student
     max_rows = max_rows or sampler_max_rows()
     cap, m, longest, prompt = b.max_response_tokens, lengths.response, lengths.longest, lengths.prompt
-    data = max(cfg.student.mesh.data, 1)  # data=-1 (all the devices a job gets) is priced as 1
+    data = data or max(cfg.student.mesh.data, 1)
     work: list[Work] = []
     calls: list[SamplerCall] = []
 

@@ -343,3 +343,26 @@ def test_device_counts_are_checked_in_the_job_only():
         _validated("student.mesh.data=4")
     assert meshes.mesh_devices(C.from_omegaconf(composed("student.mesh.data=4"))) == 4
     assert meshes.mesh_devices(C.from_omegaconf(composed("student.mesh={data: -1, model: 1}"))) is None
+
+
+def test_the_memory_check_plans_with_the_resolved_data_axis(monkeypatch):
+    """student.mesh.data=-1 on 8 devices is data=8 for the engine, so for the memory check's plan too
+    (the dry run, which does not know the devices, prices data=-1 as 1)."""
+    import jax
+
+    from jaxalign import config as C
+    from jaxalign.pipeline import models as job_models
+    from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
+    from tests.test_run import composed
+
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    caches = {}
+    for mesh in ("{data: -1, model: 1}", "{data: 8, model: 1}"):  # 8 initial rollouts, then 8 pairs x 3
+        cfg = C.from_omegaconf(composed(f"student.mesh={mesh}", "budget.num_initial=8", "budget.n_min=3",
+                                        "budget.n_sig=3", "algorithms=[gkd]"))
+        task = load_task(cfg)
+        prompts = [q.user for q in select_questions(task, cfg.dataset)]
+        models = job_models.JobModels(cfg, model_roles(cfg), cfg.student.path, prompts, task.system)
+        assert models.meshes[cfg.student.path] == (8, 1)
+        caches[mesh] = models.caches(cfg, models.prompt_tokens(prompts, task.system))
+    assert caches["{data: -1, model: 1}"] == caches["{data: 8, model: 1}"]

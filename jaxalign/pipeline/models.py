@@ -260,7 +260,7 @@ class JobModels:
                 teachers.append(cost.TeacherUse(name, use[self.student], fmt.correct + fmt.wrong))
         models = cost.RunModels(use[self.student], tuple(teachers))
         lengths = cost.Lengths(prompt_tokens, cap, cap, "the job's longest prompt; budget.max_response_tokens")
-        plan = cost.question_plan(cfg, models, lengths, cost.sampler_max_rows())
+        plan = cost.question_plan(cfg, models, lengths, cost.sampler_max_rows(), data=self.meshes[self.student][0])
         parts = cost.model_memory(plan, models, lengths, self.meshes)
         largest = max(parts, key=lambda m: m.cache_bytes)
         phases = self.phases()
