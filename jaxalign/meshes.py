@@ -11,6 +11,7 @@ launch/sweep.sh asks before it submits).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,6 +19,8 @@ from typing import Optional, Sequence
 from jaxalign.config import CONF, MeshConf, RunConf, from_omegaconf, register_schema, resolve_model_path
 from jaxalign.errors import CheckpointError, ConfigError
 from jaxalign.teachers import RULE
+
+log = logging.getLogger(__name__)
 
 
 def _check_mesh_sizes(key: str, mesh: MeshConf) -> None:
@@ -166,11 +169,14 @@ def validate_meshes(cfg: RunConf, check_models: bool) -> None:
     """:func:`check_meshes`; with ``check_models``, the splits against each model's config.json and,
     outside dry runs, the devices jax sees."""
     meshes = check_meshes(cfg)
+    named = _context_models(cfg)
+    if cfg.context_mesh is not None and meshes and not named:
+        log.warning("context_mesh is set, but no teacher's source or summarizer is a context-only model (one that "
+                    "is neither the student nor an external teacher): it is unused")
     if not check_models or not meshes:
         return
     for model, (key, mesh) in meshes.items():
         _check_mesh_splits(key, model, cfg.model_root, mesh.model)
-    named = _context_models(cfg)
     context = context_meshes(cfg)
     for model, (key, mesh) in context.items():
         _check_mesh_splits(key, model, cfg.model_root, mesh.model, f", the context model named by {named[model]}")

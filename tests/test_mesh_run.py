@@ -317,6 +317,17 @@ def test_context_only_models_take_the_context_mesh():
     assert job_meshes(default, list(model_roles(default))) == {"toy:student": (1, 1), "toy:teacher": (1, 1)}
 
 
+def test_an_unused_context_mesh_is_logged(caplog):
+    """A sweep may set context_mesh for teacher sets without a context-only model: logged, not refused."""
+    with caplog.at_level("WARNING", logger="jaxalign.meshes"):
+        _validated("+teachers.SELF-1C.source=toy:teacher", "context_mesh={data: 1, model: 1}")
+    assert "context_mesh is set, but no teacher's source or summarizer is a context-only model" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="jaxalign.meshes"):
+        _validated(*CONTEXT_ONLY, "context_mesh={data: 1, model: 1}")
+    assert "context_mesh" not in caplog.text
+
+
 def test_data_minus_one_takes_the_devices_model_leaves():
     from jaxalign import config as C
     from jaxalign.errors import ConfigError
