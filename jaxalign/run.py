@@ -11,8 +11,10 @@ import importlib.metadata
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import jax
@@ -42,13 +44,33 @@ def dry_run(cfg: C.RunConf) -> dict:
 
 
 def versions() -> dict:
+    """The versions of the packages that shape results, and jaxalign's git commit (``source_commit``)."""
     out = {}
     for pkg in ("jaxalign", "jax", "flax", "orbax-checkpoint", "transformers", "hydra-core"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
+    out["jaxalign_commit"] = source_commit()
     return out
+
+
+def source_commit() -> Optional[str]:
+    """The git commit jaxalign runs from, with '+dirty' when jaxalign/ has uncommitted changes; None
+    outside a git checkout (an installed wheel: its version says it)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=30)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "jaxalign"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode or dirty.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def use_compile_cache(directory: str | None) -> None:
@@ -80,6 +102,8 @@ def execute(dcfg: DictConfig, run_dir: Path) -> dict:
         return forecast
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.claim(run_dir, resolved)
+    code = versions()
+    rundir.check_code(run_dir, code)
     start = time.time()
     stop = StopRequest()
     summaries = []
@@ -108,7 +132,7 @@ def execute(dcfg: DictConfig, run_dir: Path) -> dict:
               "rollouts": sum(s["budget"]["rollouts"] for s in summaries),
               "tokens": sum(s["budget"]["tokens"] for s in summaries), "wall_s": round(time.time() - start, 1)}
     result = rundir.result_config(resolved)
-    record = {"config": result, "config_hash": rundir.config_hash(result), "versions": versions(),
+    record = {"config": result, "config_hash": rundir.config_hash(result), "versions": code,
               "shard": {"index": shard.index, "count": shard.count},
               "devices": [str(d) for d in jax.devices()], "totals": totals, **info}
     merged = rundir.finish(run_dir, record, shard.index, shard.count)

@@ -4,7 +4,9 @@ A run directory is derived from the config, so rerunning a command resumes it. T
 silent mix-up possible: the same directory reached by a different config would reuse finished
 questions computed under other settings. ``config.json`` pins the directory to the settings that
 shape results (everything but the shard, the dry-run switch and the cost model); a job whose
-settings differ stops before any work, naming the keys.
+settings differ stops before any work, naming the keys. ``code.json`` records the code that started
+the directory (package versions, jaxalign's git commit); a job that resumes it with other code is
+warned, naming what changed, since finished questions keep what the older code computed.
 
 Shards (SLURM array task i of n) write ``shards/<i>-of-<n>.json`` next to the per-question files
 they share. Whichever shard finds every record present merges them: run.json and the report.
@@ -95,6 +97,25 @@ def claim(run_dir: Path, resolved: dict) -> None:
                               "hydra.sweep.dir for -m), or delete the directory to recompute")
         return
     write_json(path, mine)
+
+
+def check_code(run_dir: Path, versions: dict) -> None:
+    """Records ``versions`` (:func:`jaxalign.run.versions`) as the code that started ``run_dir``
+    (code.json), or logs a warning naming what differs from the code that did."""
+    path = run_dir / "code.json"
+    try:
+        theirs = json.loads(path.read_text()) if path.is_file() else None
+    except (ValueError, OSError) as err:
+        log.warning("%s is damaged (%s); it is rewritten with this code's versions", path, err)
+        theirs = None
+    if theirs is None:
+        write_json(path, versions)
+        return
+    changed = sorted(k for k in theirs.keys() | versions.keys() if theirs.get(k) != versions.get(k))
+    if changed:
+        log.warning("%s was started with other code (%s). Finished questions keep what that code computed; the "
+                    "rest are computed with this code. Pass hydra.run.dir=NEW_DIR to compute all of them with this "
+                    "code", run_dir, ", ".join(f"{k} {theirs.get(k)} there, {versions.get(k)} now" for k in changed))
 
 
 def shard_record_path(run_dir: Path, index: int, count: int) -> Path:

@@ -53,3 +53,53 @@ def test_a_run_resumes_on_another_mesh(tmp_path):
 
     rundir.claim(tmp_path, _resolved())
     rundir.claim(tmp_path, _resolved(student=ModelConf(mesh=MeshConf(data=4, model=2))))
+
+
+CODE = {"jaxalign": "0.1.0", "jax": "0.10.2", "jaxalign_commit": "a" * 40}
+
+
+def test_code_that_resumes_a_directory_started_by_other_code_is_named(tmp_path, caplog):
+    rundir.check_code(tmp_path, CODE)
+    assert json.loads((tmp_path / "code.json").read_text()) == CODE  # the code that started it
+    with caplog.at_level("WARNING", logger="jaxalign.rundir"):
+        rundir.check_code(tmp_path, dict(CODE))
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="jaxalign.rundir"):
+        rundir.check_code(tmp_path, {**CODE, "jax": "0.11.0", "jaxalign_commit": "b" * 40 + "+dirty"})
+    assert (f"jax 0.10.2 there, 0.11.0 now, jaxalign_commit {'a' * 40} there, {'b' * 40}+dirty now"
+            in caplog.text) and "Finished questions keep what that code computed" in caplog.text
+    assert json.loads((tmp_path / "code.json").read_text()) == CODE  # still the code that started it
+
+
+def test_a_damaged_code_record_is_rewritten(tmp_path, caplog):
+    (tmp_path / "code.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="jaxalign.rundir"):
+        rundir.check_code(tmp_path, CODE)
+    assert "is damaged" in caplog.text and json.loads((tmp_path / "code.json").read_text()) == CODE
+
+
+def test_the_source_commit_is_this_checkouts():
+    import subprocess
+    from pathlib import Path
+
+    from jaxalign.run import source_commit, versions
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout: jaxalign's version names the code")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert source_commit().split("+")[0] == head and versions()["jaxalign_commit"] == source_commit()
+
+
+def test_a_run_resumed_by_other_code_says_so(tmp_path, monkeypatch, caplog):
+    import jaxalign.run as run
+    from tests.test_run import composed
+
+    overrides = ("+experiment=exact", "dataset.num_questions=1")
+    first = run.execute(composed(*overrides), tmp_path)
+    assert first["versions"] == run.versions() == json.loads((tmp_path / "code.json").read_text())
+    monkeypatch.setattr(run, "versions", lambda: {**first["versions"], "jax": "99.0"})
+    with caplog.at_level("WARNING", logger="jaxalign.rundir"):
+        again = run.execute(composed(*overrides), tmp_path)
+    assert f"jax {first['versions']['jax']} there, 99.0 now" in caplog.text
+    assert again["versions"]["jax"] == "99.0"  # run.json says which code wrote it last
