@@ -422,7 +422,7 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     b, student = cfg.budget, models.student
     max_rows = max_rows or sampler_max_rows()
     cap, m, longest, prompt = b.max_response_tokens, lengths.response, lengths.longest, lengths.prompt
-    data = data or max(cfg.student.mesh.data, 1)
+    data = max(cfg.student.mesh.data, 1) if data is None else data
     work: list[Work] = []
     calls: list[SamplerCall] = []
 

@@ -7,6 +7,7 @@ derived from the config, so the same command resumes an interrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -55,22 +56,24 @@ def versions() -> dict:
     return out
 
 
-def source_commit() -> Optional[str]:
-    """The git commit jaxalign runs from, with '+dirty' when jaxalign/ has uncommitted changes; None
-    outside a git checkout (an installed wheel: its version says it)."""
-    root = Path(__file__).resolve().parents[1]
+def source_commit(root: Optional[Path] = None) -> Optional[str]:
+    """The git commit of the checkout jaxalign runs from (``root``: the repository), with '+dirty-H'
+    when tracked files under jaxalign/ differ from it (H: a hash of that diff, so two different sets
+    of edits differ). None when it is not known: not a git checkout (an installed package), no git,
+    or git refuses. Read-only: no git lock is taken, so concurrent jobs cannot leave one behind."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
     if not (root / ".git").exists():
         return None
+    git = ["git", "--no-optional-locks", "-C", str(root)]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=30)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                "jaxalign"], capture_output=True, text=True, timeout=30)
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        diff = subprocess.run([*git, "diff", "HEAD", "--", "jaxalign"], capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if head.returncode or dirty.returncode:
+    if head.returncode or diff.returncode:
         return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    dirty = f"+dirty-{hashlib.sha256(diff.stdout).hexdigest()[:8]}" if diff.stdout else ""
+    return head.stdout.strip() + dirty
 
 
 def use_compile_cache(directory: str | None) -> None:

@@ -101,17 +101,24 @@ def claim(run_dir: Path, resolved: dict) -> None:
 
 def check_code(run_dir: Path, versions: dict) -> None:
     """Records ``versions`` (:func:`jaxalign.run.versions`) as the code that started ``run_dir``
-    (code.json), or logs a warning naming what differs from the code that did."""
+    (code.json), or logs a warning naming what differs from the code that did. A version that is
+    not known (None: e.g. no git on this node) is not compared. A directory that already holds
+    results but no code.json (older than it, or its code.json damaged) is recorded as unknown code."""
     path = run_dir / "code.json"
     try:
         theirs = json.loads(path.read_text()) if path.is_file() else None
     except (ValueError, OSError) as err:
-        log.warning("%s is damaged (%s); it is rewritten with this code's versions", path, err)
+        log.warning("%s is damaged (%s); the code that started the directory is now unknown", path, err)
         theirs = None
     if theirs is None:
-        write_json(path, versions)
+        started = versions
+        if any((run_dir / "questions").glob("*")):
+            started = {key: None for key in versions}
+            log.info("%s holds results from code that was not recorded; code.json says so", run_dir)
+        write_json(path, started)
         return
-    changed = sorted(k for k in theirs.keys() | versions.keys() if theirs.get(k) != versions.get(k))
+    changed = sorted(k for k in theirs.keys() | versions.keys()
+                     if None not in (theirs.get(k), versions.get(k)) and theirs.get(k) != versions.get(k))
     if changed:
         log.warning("%s was started with other code (%s). Finished questions keep what that code computed; the "
                     "rest are computed with this code. Pass hydra.run.dir=NEW_DIR to compute all of them with this "
@@ -149,9 +156,13 @@ def merge(run_dir: str | Path, force: bool = False) -> dict:
     totals["wall_s"] = round(max(r["totals"]["wall_s"] for r in records), 1)
     # what describes the job (config, versions, dataset, models, stand-ins) is every shard's; the rest is per shard
     first = records[0]
-    record = {**{k: v for k, v in first.items() if k not in PER_SHARD_KEYS},
-              "shards": [{"index": r["shard"]["index"], "devices": r["devices"], "totals": r["totals"]}
-                         for r in sorted(records, key=lambda r: r["shard"]["index"])],
+    by_index = sorted(records, key=lambda r: r["shard"]["index"])
+    mixed = len({json.dumps(r.get("versions"), sort_keys=True) for r in records}) > 1
+    if mixed:
+        log.warning("%s: the shards ran different code (see each shard's versions in run.json)", run_dir)
+    record = {**{k: v for k, v in first.items() if k not in PER_SHARD_KEYS + (("versions",) if mixed else ())},
+              "shards": [{"index": r["shard"]["index"], "devices": r["devices"], "totals": r["totals"],
+                          **({"versions": r.get("versions")} if mixed else {})} for r in by_index],
               "totals": totals}
     write_json(run_dir / "run.json", record)
     report = write_report(run_dir, force=force)

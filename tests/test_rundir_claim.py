@@ -69,6 +69,20 @@ def test_code_that_resumes_a_directory_started_by_other_code_is_named(tmp_path, 
     assert (f"jax 0.10.2 there, 0.11.0 now, jaxalign_commit {'a' * 40} there, {'b' * 40}+dirty now"
             in caplog.text) and "Finished questions keep what that code computed" in caplog.text
     assert json.loads((tmp_path / "code.json").read_text()) == CODE  # still the code that started it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="jaxalign.rundir"):
+        rundir.check_code(tmp_path, {**CODE, "jaxalign_commit": None})  # a node without git: not known, not compared
+    assert not caplog.records
+
+
+def test_a_directory_with_results_but_no_code_record_is_unknown_code(tmp_path, caplog):
+    (tmp_path / "questions").mkdir()
+    (tmp_path / "questions" / "q.json").write_text("{}")
+    rundir.check_code(tmp_path, CODE)  # it predates code.json: the code that wrote q.json is not known
+    assert json.loads((tmp_path / "code.json").read_text()) == {key: None for key in CODE}
+    with caplog.at_level("WARNING", logger="jaxalign.rundir"):
+        rundir.check_code(tmp_path, {**CODE, "jax": "0.11.0"})
+    assert not caplog.records
 
 
 def test_a_damaged_code_record_is_rewritten(tmp_path, caplog):
@@ -85,10 +99,34 @@ def test_the_source_commit_is_this_checkouts():
     from jaxalign.run import source_commit, versions
 
     root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        pytest.skip("not a git checkout: jaxalign's version names the code")
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert source_commit().split("+")[0] == head and versions()["jaxalign_commit"] == source_commit()
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if not (root / ".git").exists() or head.returncode:
+        pytest.skip("not a git checkout git can read: the commit is not known here")
+    assert source_commit().split("+")[0] == head.stdout.strip() and versions()["jaxalign_commit"] == source_commit()
+
+
+def test_the_source_commit_names_uncommitted_edits_by_their_diff(tmp_path):
+    import subprocess
+
+    from jaxalign.run import source_commit
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "jaxalign").mkdir()
+    (tmp_path / "jaxalign" / "m.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("a\n")
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *cmd], check=True, capture_output=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert source_commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("b\n")  # outside jaxalign/: the code is the commit's
+    assert source_commit(tmp_path) == head
+    (tmp_path / "jaxalign" / "m.py").write_text("x = 2\n")
+    one = source_commit(tmp_path)
+    (tmp_path / "jaxalign" / "m.py").write_text("x = 3\n")
+    two = source_commit(tmp_path)
+    assert one.startswith(head + "+dirty-") and two.startswith(head + "+dirty-") and one != two
+    assert not (tmp_path / ".git" / "index.lock").exists()
+    assert source_commit(tmp_path / "jaxalign") is None  # not the root of a checkout
 
 
 def test_a_run_resumed_by_other_code_says_so(tmp_path, monkeypatch, caplog):

@@ -85,3 +85,10 @@ def test_merge_keeps_what_describes_the_job(tmp_path, monkeypatch):
     assert {k: record[k] for k in shared} == shared
     assert set(record) == set(shared) | {"shards", "totals"}
     assert record["totals"] == {"questions": 3, "skipped": 0, "rollouts": 20, "tokens": 200, "wall_s": 6.0}
+    assert all("versions" not in shard for shard in record["shards"])
+    # a shard resubmitted after a pull ran other code: run.json shows each shard's, not the first's
+    other = {**shared, "versions": {"jax": "y"}, "shard": {"index": 1, "count": 2}, "devices": ["cpu"],
+             "totals": {"questions": 2, "skipped": 0, "rollouts": 10, "tokens": 100, "wall_s": 6.0}}
+    rundir.write_json(rundir.shard_record_path(tmp_path, 1, 2), other)
+    mixed = rundir.merge(tmp_path)["record"]
+    assert "versions" not in mixed and [s["versions"] for s in mixed["shards"]] == [{"jax": "x"}, {"jax": "y"}]
