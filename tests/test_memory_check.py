@@ -213,3 +213,22 @@ def test_minillm_scoring_is_priced_as_its_arrays():
     caches = (init_cache(teacher_cfg, rows, slots, jnp.float32), init_cache(teacher_cfg, 1, 64, jnp.float32))
     kv = sum(x.nbytes for c in caches for x in (*c.k, *c.v))
     assert cache.nbytes == kv + 4 * np.zeros((rows * chunk, teacher_cfg.vocab_size), np.float32).nbytes
+
+
+@pytest.mark.parametrize("overrides, model, setting", [
+    (["~teachers.toy-teacher", "+teachers.from-teacher={kind: self, context: SELF-1C, source: 'toy:teacher'}"],
+     "toy:teacher", "context_mesh.data"),  # a context-only model: its own mesh
+    (["+teachers.from-teacher={kind: self, context: SELF-1C, source: 'toy:teacher'}",
+      "+teachers.toy-teacher.mesh={data: 1, model: 1}"], "toy:teacher", "teachers.toy-teacher.mesh.data"),
+])  # the second: a screening (no external teachers loaded), where the teacher's model writes demonstrations
+def test_the_pre_pass_names_the_writers_own_data_axis(overrides, model, setting):
+    """The fix a pre-pass memory error names is the mesh setting of the model that writes."""
+    from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
+    from jaxalign.pipeline.models import PRE_PASS, JobModels
+
+    cfg = C.from_omegaconf(composed(*RUN, *overrides))
+    task = load_task(cfg)
+    prompts = [q.user for q in select_questions(task, cfg.dataset)]
+    models = JobModels(cfg, model_roles(cfg, externals=False), cfg.student.path, prompts, task.system)
+    cache = models.caches(cfg, models.prompt_tokens(prompts, task.system)).get(PRE_PASS)
+    assert cache is not None and (cache.model, cache.data_axis) == (model, setting)

@@ -167,13 +167,18 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
             "or a device with more memory (device_memory_gb)")
 
 
+def mesh_setting(cfg: C.RunConf, model_id: str) -> tuple[str, C.MeshConf]:
+    """(the setting that gives ``model_id`` its mesh, that mesh): ``student.mesh``,
+    ``teachers.NAME.mesh`` or ``context_mesh`` (a model no setting names: the student's)."""
+    return {**context_meshes(cfg), **model_meshes(cfg)}.get(model_id, ("student.mesh", cfg.student.mesh))
+
+
 def job_meshes(cfg: C.RunConf, model_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
     """model id -> its resolved (data, model): the student's and external teachers' settings
     (:func:`jaxalign.meshes.model_meshes`), ``context_mesh`` (else the student's) for context-only
     models (:func:`jaxalign.meshes.context_meshes`). jax's device count is read only when some mesh
     is not one device."""
-    meshes = {**context_meshes(cfg), **model_meshes(cfg)}
-    chosen = {m: meshes.get(m, ("student.mesh", cfg.student.mesh)) for m in model_ids}
+    chosen = {m: mesh_setting(cfg, m) for m in model_ids}
     if all(mesh == C.MeshConf() for _, mesh in chosen.values()):
         return {m: (1, 1) for m in model_ids}
     devices = jax.device_count()
@@ -270,6 +275,10 @@ class JobModels:
         if PRE_PASS in phases:
             demo_rows = ContextSettings().batch
             writes_demos = set(context_needs(cfg.teachers, cfg.student.path).demos)
+
+            def writer_mesh(model_id: str) -> str:  # the setting to change for this writer's rows
+                return "context_mesh" if model_id in context_meshes(cfg) else mesh_setting(cfg, model_id)[0]
+
             found = []
             for spec in phases[PRE_PASS]:
                 data, tp = spec.mesh
@@ -278,7 +287,7 @@ class JobModels:
                     rows, prefix, new = bucket(demo_rows, data), prefix_slots(prompt_tokens), bucket(cap, 8)
                     found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
                                           cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows,
-                                          "student.mesh.data" if spec.id == self.student else "context_mesh.data"))
+                                          f"{writer_mesh(spec.id)}.data"))
                 if "summaries" in spec.roles:  # one row (one per data shard), after the question and two demos
                     rows, prefix = data, prefix_slots(prompt_tokens + 2 * cap)
                     new = bucket(cfg.summary_max_tokens, 8)
