@@ -280,23 +280,24 @@ def from_omegaconf(dcfg) -> RunConf:
 
     check_keys(dcfg)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConf), dcfg))
-    teachers = {}
-    for name, conf in cfg.teachers.items():
-        if not isinstance(conf, dict):
-            raise ConfigError(f"teachers.{name}: expected a mapping like {{kind: external, model: PATH}}, got {conf!r}")
-        try:
-            teachers[name] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TeacherConf), conf))
-        except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors have many types
-            raise ConfigError(f"teachers.{name}: {err}".split("\n")[0]) from err
-    cfg.teachers = teachers
+    cfg.teachers = {name: _as_dataclass(f"teachers.{name}", TeacherConf, conf, "{kind: external, model: PATH}")
+                    for name, conf in cfg.teachers.items()}
     if cfg.context_mesh is not None:
-        if not isinstance(cfg.context_mesh, dict):
-            raise ConfigError(f"context_mesh: expected a mapping like {{data: 1, model: 4}}, got {cfg.context_mesh!r}")
-        try:
-            cfg.context_mesh = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MeshConf), cfg.context_mesh))
-        except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors have many types
-            raise ConfigError(f"context_mesh: {err}".split("\n")[0]) from err
+        cfg.context_mesh = _as_dataclass("context_mesh", MeshConf, cfg.context_mesh, "{data: 1, model: 4}")
     return cfg
+
+
+def _as_dataclass(key: str, cls: type, value, example: str):
+    """``value`` (a mapping typed Any in RunConf) checked and converted to ``cls``; a ConfigError names
+    ``key`` when it is not a mapping or has a wrong key or type."""
+    from omegaconf import OmegaConf
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping like {example}, got {value!r}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), value))
+    except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors have many types
+        raise ConfigError(f"{key}: {err}".split("\n")[0]) from err
 
 
 def validate(cfg: RunConf, check_models: bool = True) -> None:
