@@ -155,7 +155,7 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
             fewer = f"a data axis that splits the rows ({cache.data_axis}), " if cache.data_axis else ""
         elif cache.kind == "sampler":
             half = max(1, min(batch_rollouts or cache.rows, cache.rows) // 2)
-            fewer = (f"a data axis that splits the rows (student.mesh.data), fewer rows per sampler call "
+            fewer = (f"a data axis that splits the rows ({cache.data_axis}), fewer rows per sampler call "
                      f"(budget.batch_rollouts={half}), ")
         else:
             fewer = "shorter responses (budget.max_response_tokens), "
