@@ -329,7 +329,6 @@ class QuestionRun:
         write_manifest(base, written)
         return summary
 
-
     def _phases(self, start: float) -> tuple[list[dict], list[dict]]:
         """Phase 1 (resumed from the newest checkpoint) and Phase 2: (rows, children)."""
         self._restore()
