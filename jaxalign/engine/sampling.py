@@ -173,7 +173,7 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
         active = job >= 0
         slot = jnp.maximum(drawn - 1, 0)  # where this step's input token goes (a fresh row's is discarded)
         hidden, cache = forward_hidden(params, cfg, token[:, None], (base + slot)[:, None], cache.replace(end=slot),
-                                       shared)
+                                       shared, mesh, rules)
         state_for_draw = jnp.where(fresh[:, None], first_hidden, hidden[:, 0])
         flat = prefix_of * columns + jnp.maximum(job, 0)
         nxt = _draw(logits_from_hidden(params, state_for_draw), job_keys[flat], drawn, temperature, greedy)

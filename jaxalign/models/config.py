@@ -38,6 +38,10 @@ class Qwen3Config:
     attention_bias: bool = False
     max_position_embeddings: int = 40960
     eos_token_ids: tuple[int, ...] = ()
+    # Not from config.json: how the queued decoder attends a row's own cache. "xla": the narrowest
+    # power-of-two window holding the call's furthest row; "ragged": each row only its own slots
+    # (a Pallas kernel, jaxalign.models.ragged_attention). The run's decode_attention setting.
+    decode_attention: str = "xla"
 
     @property
     def num_groups(self) -> int:

@@ -188,7 +188,8 @@ def attention_windows(slots: int) -> tuple[int, ...]:
     return tuple(windows)
 
 
-def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end: Array, prec):
+def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end: Array, prec,
+                     kernel: str = "xla", mesh=None, rules=None):
     """Attention of T queries at slots ``[end, end + T)`` over the cache's filled slots.
 
     q: [B, T, K, G, H]; k_cache, v_cache: [B, K, S, H]; start: [B] int32; end: [] int32, or [B]
@@ -198,9 +199,17 @@ def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end
     Slots at or past end + T are empty, so only the narrowest window of :func:`attention_windows`
     that holds ``end + T`` slots is read (``lax.switch``, one static shape per branch). A
     decode loop in a 4K-slot buffer thus reads 256..512 slots at its start, not 4K. Every branch
-    is the same exact softmax; the slots it leaves out are masked in the full one.
+    is the same exact softmax; the slots it leaves out are masked in the full one. With
+    ``kernel="ragged"`` and a per-row ``end``, each row reads only its own slots instead
+    (:func:`jaxalign.models.ragged_attention.ragged_attention`, on ``mesh`` by ``rules`` when the
+    rows are sharded).
     """
     steps = q.shape[1]
+    if kernel == "ragged" and steps == 1 and jnp.ndim(end) == 1:
+        from jaxalign.models import ragged_attention as ragged
+
+        if ragged.splits_cleanly(rules):
+            return ragged.ragged_attention(q, k_cache, v_cache, start, end, mesh, rules)
 
     def attend(width):
         def branch(q, k_cache, v_cache, start, end):
@@ -231,13 +240,14 @@ def _write(cache: Array, new: Array, end: Array) -> Array:
 
 def _attention(
     layer: Attention, cfg: Qwen3Config, x: Array, positions: Array, k_cache: Array, v_cache: Array,
-    start: Array, end: Array, prefix: Optional[tuple[Array, Array, Array]] = None,
+    start: Array, end: Array, prefix: Optional[tuple[Array, Array, Array]] = None, mesh=None, rules=None,
 ) -> tuple[Array, Array, Array]:
     """One attention block over T new tokens appended to the cache at slot ``end``.
 
     x: [B, T, D]; positions: [B, T] int32 RoPE positions; k_cache, v_cache: [B, K, S, H];
     start: [B] int32; end: [] or [B] int32. prefix: optional (k [P, K, Sp, H], v, start [P]) shared by
-    groups of B // P consecutive rows. Returns (out [B, T, D], new k_cache, new v_cache).
+    groups of B // P consecutive rows. mesh, rules: where the rows and heads are sharded (the ragged
+    kernel runs per shard). Returns (out [B, T, D], new k_cache, new v_cache).
     """
     prec = _precision(x.dtype)
     batch, steps, _ = x.shape
@@ -254,7 +264,7 @@ def _attention(
     k_cache, v_cache = _write(k_cache, k, end), _write(v_cache, v, end)
 
     q = q.reshape(batch, steps, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
-    out, lse = _cache_attention(q, k_cache, v_cache, start, end, prec)
+    out, lse = _cache_attention(q, k_cache, v_cache, start, end, prec, cfg.decode_attention, mesh, rules)
     if prefix is not None:
         prefix_k, prefix_v, prefix_start = prefix
         groups = prefix_k.shape[0]
@@ -279,7 +289,7 @@ def _mlp(layer: Layer, x: Array) -> Array:
 
 def decoder_layer(
     layer: Layer, cfg: Qwen3Config, x: Array, positions: Array, k_cache: Array, v_cache: Array,
-    start: Array, end: Array, prefix: Optional[tuple[Array, Array, Array]] = None,
+    start: Array, end: Array, prefix: Optional[tuple[Array, Array, Array]] = None, mesh=None, rules=None,
 ) -> tuple[Array, Array, Array]:
     """One pre-norm block: attention then SwiGLU MLP, each added to the residual stream.
 
@@ -288,7 +298,7 @@ def decoder_layer(
     """
     attn, k_cache, v_cache = _attention(
         layer.attn, cfg, rms_norm(x, layer.attn_norm, cfg.rms_norm_eps), positions, k_cache, v_cache,
-        start, end, prefix,
+        start, end, prefix, mesh, rules,
     )
     x = x + attn
     x = x + _mlp(layer, rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps))
@@ -297,13 +307,14 @@ def decoder_layer(
 
 def forward_hidden(
     params: Qwen3Params, cfg: Qwen3Config, tokens: Array, positions: Array, cache: KVCache,
-    shared: Optional[SharedPrefix] = None,
+    shared: Optional[SharedPrefix] = None, mesh=None, rules=None,
 ) -> tuple[Array, KVCache]:
     """Runs T new tokens through the decoder, appending their keys and values to ``cache``.
 
     tokens: [B, T] int32; positions: [B, T] int32 RoPE positions (normally slot - cache.start,
     plus the prefix length when ``shared`` is given). shared: a prefix read by groups of
-    B // P consecutive rows, merged with the rows' own cache by log-sum-exp.
+    B // P consecutive rows, merged with the rows' own cache by log-sum-exp. mesh, rules: the
+    sampler's (:mod:`jaxalign.models.sharding`), for ``decode_attention="ragged"``.
     Returns (final-normed hidden states [B, T, D] in the params dtype, cache with end += T).
     Layers are unrolled on purpose: XLA does not hoist stacked-weight slicing out of a decode
     ``while_loop`` on GPU.
@@ -313,7 +324,7 @@ def forward_hidden(
     for i, (layer, k_cache, v_cache) in enumerate(zip(params.layers, cache.k, cache.v)):
         prefix = None if shared is None else (shared.k[i], shared.v[i], shared.start)
         x, k_cache, v_cache = decoder_layer(layer, cfg, x, positions, k_cache, v_cache, cache.start,
-                                            cache.end, prefix)
+                                            cache.end, prefix, mesh, rules)
         new_k.append(k_cache)
         new_v.append(v_cache)
     hidden = rms_norm(x, params.final_norm, cfg.rms_norm_eps)

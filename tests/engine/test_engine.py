@@ -146,10 +146,10 @@ def test_idle_rows_never_widen_the_attention_window(params, monkeypatch):
 
     ends, attend = [], qwen3._cache_attention
 
-    def spy(q, k, v, start, end, prec):
+    def spy(q, k, v, start, end, *rest):
         if jnp.ndim(end) == 1:
             jax.debug.callback(lambda e: ends.append(np.asarray(e)), end)
-        return attend(q, k, v, start, end, prec)
+        return attend(q, k, v, start, end, *rest)
 
     monkeypatch.setattr(qwen3, "_cache_attention", spy)
     cfg = dataclasses.replace(CFG, max_position_embeddings=2048)
