@@ -9,9 +9,10 @@ priced as ``dry_run=true`` prices it (:func:`jaxalign.cost.forecast`), projected
 sheet at the calibration's roofline fraction, for:
 
 * budget: fixed N_min = 100, and adaptive (``budget.adaptive=true``, at the same alignment error);
-* decoder: ``built`` (the engine) and ``paged`` (what-if: per-row attention windows, not built);
-* ``floor``: the paged what-if at 100% of the A100 roofline with no fixed costs or compilation,
-  a lower bound for any engine that generates the same tokens at bf16.
+* decoder (``decode_attention``): ``xla`` (each row reads the window of its call's furthest row) and
+  ``ragged`` (each row reads its own slots: the Pallas kernel, not yet measured on a GPU);
+* ``floor``: the ragged calls at 100% of the A100 roofline with no fixed costs or compilation,
+  a lower bound for an engine that generates the same tokens at bf16 with this batch layout.
 
 The default calibration is the recorded CPU one in tests/fixtures (its projection is indicative:
 a CPU's fraction of its roofline is not a GPU's). The last line is JSON.
@@ -25,7 +26,7 @@ from _common import parser, report  # noqa: E402
 
 from jaxalign import calibrate as cal  # noqa: E402
 from jaxalign import cost  # noqa: E402
-from jaxalign.config import question_count  # noqa: E402
+from jaxalign.config import DECODE_ATTENTION, question_count  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AIME = ["budget.max_response_tokens=32768", "budget.n_sig=40"]
@@ -34,9 +35,9 @@ RUNS = [("qwen3-0.6b", "boolq", 458, []), ("qwen3-0.6b", "mmlu", 364, []), ("qwe
 
 
 def floor_days(cfg, models) -> float:
-    """A100-days of the run's paged-decoder work at 100% of the A100 roofline (no overheads)."""
+    """A100-days of the run's ragged-decoder work at 100% of the A100 roofline (no overheads)."""
     a100 = cal.SPECS["A100"]
-    plan = cost.question_plan(cfg, models, cost.trace_lengths(cfg), decode_cache="paged")
+    plan = cost.question_plan(cfg, models, cost.trace_lengths(cfg), decode_attention="ragged")
     seconds = sum(w.count * a100.roofline(w.roofline_work(w.model.shape), w.model.shape.dtype) for w in plan.work)
     return question_count(cfg) * seconds / 86400
 
@@ -55,18 +56,18 @@ def main() -> None:
             models = cost.run_models(cfg)
             calibration = cal.ensure(models.needs(), cal.calibration_path(args.calibration), "cpu")
             row = {"budget": budget, "run": f"{student} {dataset}", "questions": questions}
-            for mode in cost.DECODE_CACHES:
-                f = cost.forecast(cfg, calibration, models=models, decode_cache=mode)
+            for mode in DECODE_ATTENTION:
+                f = cost.forecast(cfg, calibration, models=models, decode_attention=mode)
                 row[mode] = f["projections"]["A100"]["gpu_days"]
                 row["rollouts_per_question"] = f["rollouts_per_question"]
             row["floor"] = floor_days(cfg, models)
             table.append(row)
-            for key in (*cost.DECODE_CACHES, "floor"):
+            for key in (*DECODE_ATTENTION, "floor"):
                 totals[f"{budget}_{key}"] = totals.get(f"{budget}_{key}", 0.0) + row[key]
-    print(f"{'budget':9s} {'run':22s} {'rollouts/q':>10s} {'built':>9s} {'paged':>9s} {'floor':>9s}  (A100-days)")
+    print(f"{'budget':9s} {'run':22s} {'rollouts/q':>10s} {'xla':>9s} {'ragged':>9s} {'floor':>9s}  (A100-days)")
     for r in table:
-        print(f"{r['budget']:9s} {r['run']:22s} {r['rollouts_per_question']:10.0f} {r['built']:9.2f} "
-              f"{r['paged']:9.2f} {r['floor']:9.2f}")
+        print(f"{r['budget']:9s} {r['run']:22s} {r['rollouts_per_question']:10.0f} {r['xla']:9.2f} "
+              f"{r['ragged']:9.2f} {r['floor']:9.2f}")
     report("grid_forecast", {"a100_days": {k: round(v, 2) for k, v in totals.items()},
                              "calibration": args.calibration, "runs": table})
 

@@ -24,6 +24,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 MODEL_KINDS = ("flax", "exact")
 EXACT_DATASET = "exact"  # not a task: each question is an ExactPolicy
 DTYPES = ("float32", "bfloat16")
+DECODE_ATTENTION = ("xla", "ragged")  # jaxalign.models.ragged_attention; docs/engine.md
 TASK_OPTIONS = ("terms", "digits", "path", "hub", "config", "split")  # DatasetConf fields passed to get_task
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Phase 2's rows when algorithms= is not set, and top-k GKD's k (jaxalign.algorithms, which imports jax, reads both)
@@ -149,6 +150,9 @@ class RunConf:
     # XLA's persistent compilation cache: a run reuses the kernels an earlier run compiled (null: off)
     compile_cache_dir: Optional[str] = "~/.cache/jaxalign/xla"
     device_memory_gb: Optional[float] = None  # the memory models may fill; null: the device's own (skipped on CPU)
+    # the sampler's attention over each row's cache: xla (the furthest row's window) or ragged (each row its own
+    # slots: a Pallas kernel, for bfloat16 models on GPUs; docs/engine.md)
+    decode_attention: str = "xla"
     include_path_rollout: bool = False
     count_ancestors: bool = False
     # Phase 2's rows: built-in algorithms or users' functions by import path, under these conventions
@@ -313,6 +317,8 @@ def validate(cfg: RunConf, check_models: bool = True) -> None:
 
     check(cfg.student.kind in MODEL_KINDS, "student.kind", f"{cfg.student.kind!r} is not one of {MODEL_KINDS}")
     check(cfg.student.dtype in DTYPES, "student.dtype", f"{cfg.student.dtype!r} is not one of {DTYPES}")
+    check(cfg.decode_attention in DECODE_ATTENTION, "decode_attention",
+          f"{cfg.decode_attention!r} is not one of {DECODE_ATTENTION}")
     check(cfg.model_root is None or Path(cfg.model_root).expanduser().is_dir(), "model_root",
           f"{cfg.model_root} is not a directory; write stand-ins there with python -m jaxalign.toy.standins DIR")
     _validate_dataset(cfg)

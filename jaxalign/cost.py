@@ -344,22 +344,21 @@ def _plan_batches(counts: Sequence[int], batch_rollouts: int) -> list[list[int]]
     return batches + ([current] if current else [])
 
 
-DECODE_CACHES = ("built", "paged")
+def _sampling_work(phase: str, student: ModelUse, calls: Iterable[SamplerCall], decode_attention: str) -> list[Work]:
+    """Each call's fixed cost, its prefixes' prefill and its decode steps. ``decode_attention``:
 
-
-def _sampling_work(phase: str, student: ModelUse, calls: Iterable[SamplerCall], decode_cache: str) -> list[Work]:
-    """Each call's fixed cost, its prefixes' prefill and its decode steps. ``decode_cache``:
-
-    built  the engine: every decode row steps until its call ends, reading the attention window of
-           the call's furthest row (:func:`mean_window`) from its own cache
-    paged  what-if (not built): each row reads only its own completion's slots, half a mean
-           rollout on average, as a paged (per-row window) attention kernel would
+    xla     every decode row steps until its call ends, reading the attention window of the call's
+            furthest row (:func:`mean_window`) from its own cache
+    ragged  each row reads only its own completion's slots, rounded up to the kernel's blocks: half
+            a mean rollout plus half a block on average (:mod:`jaxalign.models.ragged_attention`)
     """
+    from jaxalign.models.ragged_attention import BLOCK_K
+
     work = []
     for c in calls:
         read = c.read_slots or c.new_slots
-        if decode_cache == "paged":
-            read = min(read, max(1.0, c.mean_steps / 2))
+        if decode_attention == "ragged":
+            read = min(read, max(1.0, c.mean_steps / 2) + BLOCK_K / 2)
         work.append(Work(phase, "sample_call", student, 1))
         work.append(Work(phase, "prefill", student, 1, (c.prefixes * c.prefix_slots, c.prefix_slots, c.prefix_slots),
                          overhead=False))
@@ -412,13 +411,23 @@ def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, 
             Work(phase, "project", model, calls * steps, (rows * chunk,))]
 
 
+def _decode_attention(cfg, kv_heads: int) -> str:
+    """The sampler's attention as the job runs it: ragged unless the student mesh's model axis does
+    not divide its ``kv_heads`` (then the kernel cannot run per device and the window path runs)."""
+    return "ragged" if cfg.decode_attention == "ragged" and kv_heads % cfg.student.mesh.model == 0 else "xla"
+
+
 def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[int] = None,
-                  decode_cache: str = "built", data: Optional[int] = None) -> QuestionPlan:
-    """The device work of one (not skipped) question under ``cfg``'s budget (``decode_cache``: see
-    :func:`_sampling_work`). ``data``: the student mesh's resolved data axis (a job knows it); by
-    default ``student.mesh.data``, with data=-1 (all the devices a job gets) priced as 1."""
-    if decode_cache not in DECODE_CACHES:
-        raise ConfigError(f"decode_cache={decode_cache!r}: choose one of {DECODE_CACHES}")
+                  decode_attention: Optional[str] = None, data: Optional[int] = None) -> QuestionPlan:
+    """The device work of one (not skipped) question under ``cfg``'s budget, with the sampler's
+    ``decode_attention`` (default: the run's; see :func:`_sampling_work`). ``data``: the student
+    mesh's resolved data axis (a job knows it); by default ``student.mesh.data``, with data=-1 (all
+    the devices a job gets) priced as 1."""
+    from jaxalign.config import DECODE_ATTENTION
+
+    decode_attention = decode_attention or _decode_attention(cfg, models.student.shape.kv_heads)
+    if decode_attention not in DECODE_ATTENTION:
+        raise ConfigError(f"decode_attention={decode_attention!r}: choose one of {DECODE_ATTENTION}")
     b, student = cfg.budget, models.student
     max_rows = max_rows or sampler_max_rows()
     cap, m, longest, prompt = b.max_response_tokens, lengths.response, lengths.longest, lengths.prompt
@@ -452,7 +461,7 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
                                    max_rows, max(1, m - depth - 1), data)
         targeted += pairs * per_pair
         tokens += pairs * per_pair * max(1, m - depth - 1)
-    work += _sampling_work("phase1", student, calls, decode_cache)
+    work += _sampling_work("phase1", student, calls, decode_attention)
 
     # Phase 2: every model over the 4 paths; MiniLLM: every model over each counted initial rollout
     for model, model_prompt in scored:
@@ -655,12 +664,12 @@ def _context_devices(cfg, gpus: Optional[int]) -> Optional[int]:
 
 
 def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] = None,
-             response_tokens: Optional[int] = None, decode_cache: str = "built") -> dict:
+             response_tokens: Optional[int] = None, decode_attention: Optional[str] = None) -> dict:
     """Rollouts, tokens, Phase 1 / Phase 2 / compile GPU-hours, memory and GPUs per job of a validated
     RunConf, priced by ``calibration`` (its device), with A100 and H100 projections.
 
-    ``response_tokens`` replaces the task's assumed mean response; ``decode_cache`` other than
-    'built' prices a decode that is not built (a what-if, said in the output; :func:`_sampling_work`)."""
+    ``response_tokens`` replaces the task's assumed mean response; ``decode_attention`` the run's
+    setting of that name (a what-if, said in the output as ``decode_attention``; :func:`_sampling_work`)."""
     from jaxalign import config as C
 
     b = cfg.budget
@@ -676,7 +685,8 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
                 "note": "ExactPolicy computes on the host: rollouts counted, no device time priced"}
     models = models or run_models(cfg)
     lengths = trace_lengths(cfg, response_tokens)
-    plan = question_plan(cfg, models, lengths, decode_cache=decode_cache)
+    decode_attention = decode_attention or _decode_attention(cfg, models.student.shape.kv_heads)
+    plan = question_plan(cfg, models, lengths, decode_attention=decode_attention)
     compiled = compile_work(plan, models, lengths)
     meshes = run_meshes(cfg)
     # A context_mesh wider than the main phase's meshes is held by the job from start to end: the
@@ -713,7 +723,7 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
         "calibrated_now": list(calibration.measured_now),
         "student": models.student.id, "models": [m.id for m in models.distinct()],
         "standins": [m.id for m in models.distinct() if m.standin],
-        "trace_tokens": dataclasses.asdict(lengths), "decode_cache": decode_cache, "windows": plan.windows,
+        "trace_tokens": dataclasses.asdict(lengths), "decode_attention": decode_attention, "windows": plan.windows,
         "rollouts_per_question": per_question, "targeted_rollouts_per_question": plan.targeted_rollouts,
         "tokens_per_question": plan.tokens, "rollouts": questions * per_question, "tokens": questions * plan.tokens,
         **hours(None),

@@ -28,13 +28,14 @@ from jaxalign.report import write_report
 log = logging.getLogger(__name__)
 # settings that do not shape results: where things are cached or found, how the job is split or sized
 NOT_RESULT_KEYS = ("shard", "dry_run", "calibration_file", "calibration_device", "compile_cache_dir", "model_root",
-                   "context_cache_dir", "device_memory_gb", "context_mesh")
+                   "context_cache_dir", "device_memory_gb", "context_mesh", "decode_attention")
 
 
 def result_config(resolved: dict) -> dict:
     """The part of a resolved config that shapes results. Meshes (``student.mesh``, ``teachers.NAME.mesh``,
     ``context_mesh``) are left out: a preempted job may resume on another allocation, and the rows agree across meshes to
-    float round-off (tests/test_mesh_run.py)."""
+    float round-off (tests/test_mesh_run.py). So is ``decode_attention``, which draws the same tokens
+    (tests/engine/test_ragged_attention.py)."""
     out = {k: v for k, v in resolved.items() if k not in NOT_RESULT_KEYS}
     if isinstance(out.get("student"), dict):
         out["student"] = {k: v for k, v in out["student"].items() if k != "mesh"}

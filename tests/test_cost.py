@@ -358,9 +358,9 @@ def test_forecast_is_within_2x_of_a_measured_smoke_run(tmp_path):
     assert again["calibrated_now"] == [] and again["gpu_hours"] == f["gpu_hours"]
 
 
-def test_decode_steps_follow_the_queue_and_the_paged_what_if_costs_less():
+def test_decode_steps_follow_the_queue_and_ragged_attention_costs_less():
     """A queued call runs (rounds - 1) mean lengths plus one longest; one row per completion runs the
-    longest; the paged what-if reads less than the built decoder, whose window is the furthest row's."""
+    longest; ragged attention reads less than the xla window, which is the furthest row's."""
     one_row_each = cost.sampler_calls([100] * 2, 64, 4096, 600, max_rows=256, mean=200)
     assert [(c.rows, c.steps) for c in one_row_each] == [(256, 600)]
     queued = cost.sampler_calls([100] * 5, 64, 4096, 600, max_rows=64, mean=200)  # 5 prefixes x 12 rows, 9 rounds
@@ -376,11 +376,19 @@ def test_decode_steps_follow_the_queue_and_the_paged_what_if_costs_less():
     models = cost.run_models(cfg)
     lengths = cost.trace_lengths(cfg)
     calibration = synthetic([m.shape for m in models.distinct()])
-    seconds = {mode: sum(w.seconds(calibration) for w in cost.question_plan(cfg, models, lengths, decode_cache=mode).work
-                         if w.kind == "decode") for mode in cost.DECODE_CACHES}
-    assert seconds["paged"] < seconds["built"]
-    with pytest.raises(ConfigError, match="decode_cache='static'"):
-        cost.question_plan(cfg, models, lengths, decode_cache="static")
+    def decode_seconds(cfg, **kwargs):
+        return sum(w.seconds(calibration) for w in cost.question_plan(cfg, models, lengths, **kwargs).work
+                   if w.kind == "decode")
+
+    seconds = {mode: decode_seconds(cfg, decode_attention=mode) for mode in ("xla", "ragged")}
+    assert seconds["ragged"] < seconds["xla"] == decode_seconds(cfg)
+    assert decode_seconds(paper_cfg("budget.top_k=20", "budget.top_r=20", "decode_attention=ragged")) == seconds["ragged"]
+    # the kernel runs per device where the student mesh's model axis divides the kv heads (8), else the window
+    for model, priced in ((4, "ragged"), (16, "xla")):
+        on_mesh = paper_cfg("budget.top_k=20", "budget.top_r=20", "decode_attention=ragged", f"student.mesh.model={model}")
+        assert cost.forecast(on_mesh, calibration, models=models)["decode_attention"] == priced
+    with pytest.raises(ConfigError, match="decode_attention='static'"):
+        cost.question_plan(cfg, models, lengths, decode_attention="static")
 
 
 def test_the_forecast_reads_the_meshes():

@@ -57,6 +57,7 @@ def test_typos_and_wrong_types_are_named_by_hydra(override, key):
 @pytest.mark.parametrize("overrides, key", [
     (["student.kind=torch"], "student.kind"),
     (["student.dtype=float16"], "student.dtype"),
+    (["decode_attention=pallas"], "decode_attention"),
     (["dataset.name=gsm8k"], "dataset.name"),
     (["student=exact"], "dataset.name"),
     (["dataset.num_questions=0"], "dataset.num_questions"),

@@ -1,7 +1,6 @@
 """The embedded default: shipped checkpoints, their pass rates, the context effect, the default run."""
 
 import json
-from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
@@ -59,12 +58,18 @@ def test_a_correct_demonstration_raises_the_students_pass_rate(models):
     assert with_demo > plain + 0.15, (plain, with_demo)
 
 
-def test_default_run_completes_and_writes_results(tmp_path):
+@pytest.mark.parametrize("attention", ["xla", "ragged"])
+def test_default_run_completes_and_writes_results(tmp_path, attention, monkeypatch):
+    """decode_attention=ragged (the Pallas kernel, interpreted off a GPU) writes the same rows."""
     from tests.test_run import composed
 
+    from jaxalign.models import ragged_attention as module
     from jaxalign.run import execute
 
-    record = execute(composed(), tmp_path)
+    kernel, traced = module.ragged_attention, []
+    monkeypatch.setattr(module, "ragged_attention", lambda *a: traced.append(1) or kernel(*a))
+    record = execute(composed(f"decode_attention={attention}"), tmp_path)
+    assert bool(traced) == (attention == "ragged")
     assert record["totals"]["questions"] == 4
     questions = [json.loads(p.read_text()) for p in (tmp_path / "questions").glob("*.json")]
     assert len(questions) == 4

@@ -167,6 +167,26 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
             "or a device with more memory (device_memory_gb)")
 
 
+def _check_decode_attention(cfg: C.RunConf, splits: Mapping[str, tuple[int, int]]) -> None:
+    """``decode_attention=ragged``: refused where Triton would compute float32 attention in TF32
+    (a GPU), logged where it runs interpreted (off a GPU) or not at all (a model whose mesh's
+    ``model`` axis does not divide its kv heads). ``splits``: each model's (model axis, kv heads)."""
+    if cfg.decode_attention != "ragged":
+        return
+    backend = jax.default_backend()
+    if backend == "gpu" and cfg.student.dtype == "float32":
+        raise ConfigError(
+            "decode_attention=ragged: the Pallas (Triton) kernel's dots take float32 inputs as TF32 on a GPU, so a "
+            "float32 model would not be float32. Set student.dtype=bfloat16, or decode_attention=xla")
+    if backend != "gpu":
+        log.warning("decode_attention=ragged on %s runs the Pallas kernel in its interpreter: exact but slow, for "
+                    "tests; use decode_attention=xla here", backend)
+    uneven = sorted(m for m, (model, kv_heads) in splits.items() if kv_heads % model)
+    if uneven:
+        log.info("decode_attention=ragged: %s keep the xla window (their mesh's model axis does not divide their kv "
+                 "heads, so the kernel cannot run per device)", ", ".join(uneven))
+
+
 def mesh_setting(cfg: C.RunConf, model_id: str) -> tuple[str, C.MeshConf]:
     """(the setting that gives ``model_id`` its mesh, that mesh): ``student.mesh``,
     ``teachers.NAME.mesh`` or ``context_mesh`` (a model no setting names: the student's)."""
@@ -205,6 +225,7 @@ class JobModels:
         self.dtype = jnp.bfloat16 if cfg.student.dtype == "bfloat16" else jnp.float32
         self.student = student
         self.meshes = job_meshes(cfg, list(roles))
+        self.decode_attention = cfg.decode_attention
         self._meshes: dict = {}
         self._loaded: dict = {}
         self.specs: dict[str, ModelSpec] = {}
@@ -217,6 +238,7 @@ class JobModels:
                                              weight_bytes(directory, self.dtype),
                                              (directory / STANDIN_MARKER).is_file(), mesh,
                                              weight_bytes_per_device(shape, mesh[1]) if mesh[1] > 1 else None)
+        _check_decode_attention(cfg, {m: (self.meshes[m][1], shape.kv_heads) for m, shape in self.shapes.items()})
         self.tokenizers = {m: load_tokenizer(s.directory) for m, s in self.specs.items()}
         for model_id, spec in self.specs.items():  # a mismatch fails before any weights load
             if model_id != student and not spec.context_only:
@@ -345,6 +367,7 @@ class JobModels:
                      f" onto mesh data={spec.mesh[0]} x model={spec.mesh[1]}" if mesh is not None else "")
             place = placement(load_config(spec.directory), mesh) if mesh is not None else None
             model_cfg, params = load_qwen3(spec.directory, self.dtype, place)
+            model_cfg = dataclasses.replace(model_cfg, decode_attention=self.decode_attention)
             self._loaded[model_id] = FlaxPolicy(params, model_cfg, self.eos(model_id), mesh=mesh)
         return self._loaded[model_id]
 
