@@ -34,8 +34,8 @@ NOT_RESULT_KEYS = ("shard", "dry_run", "calibration_file", "calibration_device",
 def result_config(resolved: dict) -> dict:
     """The part of a resolved config that shapes results. Meshes (``student.mesh``, ``teachers.NAME.mesh``,
     ``context_mesh``) are left out: a preempted job may resume on another allocation, and the rows agree across meshes to
-    float round-off (tests/test_mesh_run.py). So is ``decode_attention``, which draws the same tokens
-    (tests/engine/test_ragged_attention.py)."""
+    float round-off (tests/test_mesh_run.py). So is ``decode_attention``, whose two paths draw the same tokens
+    in float32 and agree to round-off in bfloat16 (tests/engine/test_ragged_attention.py)."""
     out = {k: v for k, v in resolved.items() if k not in NOT_RESULT_KEYS}
     if isinstance(out.get("student"), dict):
         out["student"] = {k: v for k, v in out["student"].items() if k != "mesh"}

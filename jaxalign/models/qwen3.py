@@ -208,7 +208,7 @@ def _cache_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end
     if kernel == "ragged" and steps == 1 and jnp.ndim(end) == 1:
         from jaxalign.models import ragged_attention as ragged
 
-        if ragged.splits_cleanly(rules):
+        if ragged.applies(k_cache.shape[2], q.shape[0], q.shape[2], mesh, rules):
             return ragged.ragged_attention(q, k_cache, v_cache, start, end, mesh, rules)
 
     def attend(width):

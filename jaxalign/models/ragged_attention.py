@@ -48,6 +48,20 @@ def splits_cleanly(rules) -> bool:
     return rules is None or rules.heads is None or rules.kv_heads is not None
 
 
+def applies(slots: int, rows: int, kv_heads: int, mesh=None, rules=None) -> bool:
+    """Whether a decode step over ``rows`` caches of ``slots`` slots can run the kernel: a power of
+    two of at least 16 slots (its block shapes; shorter calls keep the window path, which reads
+    them whole anyway), and on a mesh, query heads split with their kv heads and rows and kv heads
+    that divide evenly over its devices (``shard_map`` does not pad)."""
+    if slots < 16 or slots & (slots - 1):
+        return False
+    if mesh is None:
+        return True
+    sizes = dict(mesh.shape)
+    even = all(n % sizes.get(axis, 1) == 0 for n, axis in ((rows, rules.batch), (kv_heads, rules.kv_heads)) if axis)
+    return splits_cleanly(rules) and even
+
+
 def ragged_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end: Array, mesh=None,
                      rules=None) -> tuple[Array, Array]:
     """One decode step's attention of each row over its own slots ``[start[b], end[b]]``.
@@ -58,10 +72,11 @@ def ragged_attention(q: Array, k_cache: Array, v_cache: Array, start: Array, end
     with it by log-sum-exp. With a ``mesh`` (and its ShardingRules ``rules``, for which
     :func:`splits_cleanly` holds) each device runs the kernel on its own rows and kv heads.
     """
+    if not applies(k_cache.shape[2], q.shape[0], q.shape[2], mesh, rules):
+        raise ValueError(f"ragged attention cannot take this call ({k_cache.shape[2]} slots, {q.shape[0]} rows, "
+                         f"{q.shape[2]} kv heads, mesh {None if mesh is None else dict(mesh.shape)}); see applies()")
     if mesh is None:
         return _ragged_attention(q, k_cache, v_cache, start, end)
-    if not splits_cleanly(rules):
-        raise ValueError("ragged attention on a mesh needs the query heads split with their kv heads")
     spec = rules.spec
     return jax.shard_map(_ragged_attention, mesh=mesh, check_vma=False,
                          in_specs=(spec("BTKGH"), spec("BKSH"), spec("BKSH"), spec("B"), spec("B")),

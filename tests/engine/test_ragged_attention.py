@@ -174,3 +174,22 @@ def test_ragged_attention_on_meshes_runs_per_shard_and_draws_the_same_tokens():
     result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, cwd=root, capture_output=True,
                             text=True, timeout=600)
     assert "RAGGED-MESH-OK" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
+
+
+def test_calls_the_kernel_cannot_take_keep_the_window_path(params):
+    """Fewer than 16 slots (max_new_tokens <= 8), or rows or kv heads that a mesh does not divide:
+    the window path runs, with the same tokens."""
+    from jaxalign.models import make_mesh
+    from jaxalign.models.ragged_attention import applies
+    from jaxalign.models.sharding import rules_for
+
+    prefixes = [np.random.default_rng(s).integers(0, 60, size=n) for s, n in ((1, 6), (2, 3))]
+    kwargs = dict(max_new_tokens=4, key=jax.random.key(5), eos_ids=EOS, max_rows=4, max_queued=16)
+    np.testing.assert_array_equal(sample(params, RAGGED, prefixes, [5, 3], **kwargs).tokens,
+                                  sample(params, CFG, prefixes, [5, 3], **kwargs).tokens)
+    assert [applies(s, 4, 2) for s in (8, 16, 24, 4096)] == [False, True, False, True]
+    mesh = make_mesh(1, 1)
+    rules = rules_for(CFG, mesh)
+    assert applies(16, 6, 2, mesh, rules)
+    six = type(rules)(batch="data", heads=None, kv_heads=None, mlp=None, vocab=None)
+    assert not applies(16, 6, 2, type("Mesh", (), {"shape": {"data": 4, "model": 1}})(), six)  # 6 rows on data = 4
