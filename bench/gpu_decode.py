@@ -49,7 +49,9 @@ def peak_bandwidth(override):
 def measure(name, batch, prompt_len, steps):
     cfg = Qwen3Config(**SHAPES[name], rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
                       max_position_embeddings=40960)
-    params = init_params(cfg, jax.random.key(0), jnp.bfloat16, scale=0.02)
+    # bf16 as on a GPU; XLA's CPU backend has no bf16 x bf16 -> f32 dot, so --quick there runs in f32
+    dtype = jnp.bfloat16 if jax.default_backend() == "gpu" else jnp.float32
+    params = init_params(cfg, jax.random.key(0), dtype, scale=0.02)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size - 1, size=(batch, prompt_len)), jnp.int32)
     zeros = jnp.zeros(batch, jnp.int32)
     ids = jnp.arange(batch, dtype=jnp.int32)
@@ -57,8 +59,9 @@ def measure(name, batch, prompt_len, steps):
     statics = dict(max_new=steps + 1, eos_ids=(cfg.vocab_size,), greedy=False)
 
     def run(limit):
-        out = _sample_plain(params, cfg, tokens, zeros, ids, valid, jax.random.key(1), jnp.float32(1.0),
-                            jnp.int32(limit), **statics)
+        keys = jnp.broadcast_to(jax.random.key(1), (batch,))
+        out = _sample_plain(params, cfg, tokens, zeros, ids, valid, keys, jnp.float32(1.0), jnp.int32(limit),
+                            **statics)
         jax.block_until_ready(out)
 
     run(1)
@@ -74,7 +77,7 @@ def measure(name, batch, prompt_len, steps):
     step_s = (times[steps + 1] - times[1]) / steps
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     cache_slots = prompt_len + steps + 1
-    kv_bytes = cfg.num_layers * 2 * batch * cache_slots * cfg.num_kv_heads * cfg.head_dim * 2
+    kv_bytes = cfg.num_layers * 2 * batch * cache_slots * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(dtype).itemsize
     return {"batch": batch, "prompt_len": prompt_len, "decode_steps": steps, "step_ms": step_s * 1e3,
             "tokens_per_s": batch / step_s, "weight_gb": weight_bytes / 1e9, "kv_cache_gb": kv_bytes / 1e9,
             "bytes_per_step_gb": (weight_bytes + kv_bytes) / 1e9}

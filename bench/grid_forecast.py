@@ -12,7 +12,9 @@ sheet at the calibration's roofline fraction, for:
 * decoder (``decode_attention``): ``xla`` (each row reads the window of its call's furthest row) and
   ``ragged`` (each row reads its own slots: the Pallas kernel, not yet measured on a GPU);
 * ``floor``: the ragged calls at 100% of the A100 roofline with no fixed costs or compilation,
-  a lower bound for an engine that generates the same tokens at bf16 with this batch layout.
+  a lower bound for an engine that generates the same tokens at bf16 with this batch layout;
+* ``pre-pass``: the part of the ragged price spent in the context pre-pass (the student's and
+  Qwen3-32B's demonstrations, Qwen3-32B's summaries).
 
 The default calibration is the recorded CPU one in tests/fixtures (its projection is indicative:
 a CPU's fraction of its roofline is not a GPU's). The last line is JSON.
@@ -60,14 +62,16 @@ def main() -> None:
                 f = cost.forecast(cfg, calibration, models=models, decode_attention=mode)
                 row[mode] = f["projections"]["A100"]["gpu_days"]
                 row["rollouts_per_question"] = f["rollouts_per_question"]
+                row[f"prepass_{mode}"] = f["projections"]["A100"]["prepass_gpu_hours"] / 24
             row["floor"] = floor_days(cfg, models)
             table.append(row)
-            for key in (*DECODE_ATTENTION, "floor"):
+            for key in (*DECODE_ATTENTION, "floor", "prepass_ragged"):
                 totals[f"{budget}_{key}"] = totals.get(f"{budget}_{key}", 0.0) + row[key]
-    print(f"{'budget':9s} {'run':22s} {'rollouts/q':>10s} {'xla':>9s} {'ragged':>9s} {'floor':>9s}  (A100-days)")
+    print(f"{'budget':9s} {'run':22s} {'rollouts/q':>10s} {'xla':>9s} {'ragged':>9s} {'floor':>9s} "
+          f"{'pre-pass':>9s}  (A100-days; pre-pass: of ragged)")
     for r in table:
         print(f"{r['budget']:9s} {r['run']:22s} {r['rollouts_per_question']:10.0f} {r['xla']:9.2f} "
-              f"{r['ragged']:9.2f} {r['floor']:9.2f}")
+              f"{r['ragged']:9.2f} {r['floor']:9.2f} {r['prepass_ragged']:9.2f}")
     report("grid_forecast", {"a100_days": {k: round(v, 2) for k, v in totals.items()},
                              "calibration": args.calibration, "runs": table})
 

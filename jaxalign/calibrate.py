@@ -61,6 +61,7 @@ VERSION = 1
 KINDS = ("decode", "prefill", "project")
 STUDENT_KINDS = frozenset(KINDS)  # the student samples (decode) and is scored
 TEACHER_KINDS = frozenset({"prefill", "project"})  # a teacher is only scored
+SAMPLER_KINDS = frozenset({"decode", "prefill"})  # a context model only samples (decode, and its prompt's prefill)
 CPU_PROBE_LAYERS = (1, 2)
 PROBE_PREFIX = 16  # prompt tokens of the decode probe
 DECODE_STEPS = 4  # timed decode steps per probe (after one untimed step)
@@ -408,7 +409,7 @@ def probe_decode(shape: Shape, rows: int, slots: int) -> dict:
 
     def call(limit: int):
         return lambda: jax.block_until_ready(_sample_forked(
-            params, cfg, prefix, jnp.zeros(1, jnp.int32), ids, valid, jax.random.key(0), jnp.float32(1.0),
+            params, cfg, prefix, jnp.zeros(1, jnp.int32), ids, valid, jax.random.key(0)[None], jnp.float32(1.0),
             jnp.int32(limit), **statics))
 
     # The decode loop reads only the cache's filled power-of-two window (models.qwen3.attention_windows),

@@ -10,6 +10,9 @@ buckets, static caches), and lists every device call it will make:
                      (adaptive: the measured adaptive/fixed ratio of docs/benchmarks.md)
   Phase 2  scoring   every model's pass over the 4 paths (the student's shared by all teachers)
            MiniLLM   every model's batched pass over the counted initial rollouts (teacher reward-to-go)
+  pre-pass contexts  each demonstration source's samples (every trial of demo_trials: an upper
+                     bound) and each summarizer's summaries (at summary_max_tokens), for a group
+                     of questions per call, as the pre-pass batches them
 
 Each call is priced by the device calibration (:mod:`jaxalign.calibrate`), never a typed
 throughput: ``seconds = overhead + roofline / efficiency`` with the kernel's measured efficiency.
@@ -20,9 +23,8 @@ Jit compilation is priced too (each distinct shape once per job), and so are the
 (weights from config.json, the decode KV cache at the run's lengths) and the GPUs a job needs.
 
 The trace lengths come from the paper where it gives them (:data:`TRACES`) and are stated in
-the output. Not priced: the context pre-pass (demonstrations, summaries), host work (grading,
-tree updates, checkpoints), data loading, and a mesh's communication (device-hours on a mesh are
-one device's, as if it scaled ideally). docs/cost.md explains the model and its checks.
+the output. Not priced: host work (grading, tree updates, checkpoints), data loading, and a
+mesh's communication (device-hours on a mesh are one device's, as if it scaled ideally). docs/cost.md explains the model and its checks.
 
 ``python -m jaxalign.cost DIR ...`` adds up the ``forecast.json`` files of a sweep's dry runs and
 prints the total as its last line: ``{"gpu_days": ..., "device": ..., "rollouts_per_question": ...}``.
@@ -45,6 +47,7 @@ from jaxalign.enrich import depth_windows
 from jaxalign.errors import ConfigError, JaxalignError, run_cli
 from jaxalign.pipeline.models import STANDIN_MARKER, WEIGHT_SHARE
 from jaxalign.pipeline.question import PipelineConfig
+from jaxalign.teachers.summarizers import SUMMARY_PROMPT
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FORECAST_FILE = "forecast.json"
@@ -66,6 +69,9 @@ TRACES = {
     "toy_arith": (36, 51, "the toy chat prompt and reference chain at terms=3, digits=2 (+ EOS), in tokens"),
 }
 LONGEST_OVER_MEAN = 3.0
+# The summarizer's instructions around the question and the response, in tokens: the template's
+# characters at about 4 per token (English text in Qwen3's BPE).
+SUMMARY_PROMPT_TOKENS = len(SUMMARY_PROMPT.format(question="", response="")) // 4
 
 # config.json fields of the Qwen3 checkpoints on the hub, used only when no config.json is on disk
 # (no model_root, nothing in the Hugging Face cache): a dry run prices the paper's grid anywhere.
@@ -100,9 +106,30 @@ class TeacherUse:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContextUse:
+    """A model's work in the context pre-pass (:mod:`jaxalign.teachers.prepass`): ``group``
+    questions at a time, ``demo_rounds`` rounds of one sampler call with ``demo_batch``
+    demonstrations of each question, and one call with ``summaries`` summaries of each, queued on
+    ``rows`` decode rows (split over the ``data`` axis of the model's ``mesh``), with at most
+    ``summaries_per_call`` summaries in a call (their prompts each hold a demonstration). Upper
+    bounds: every trial of ``demo_trials`` is counted, though the pre-pass stops once it has the
+    demonstrations the teachers need."""
+
+    model: ModelUse
+    demo_rounds: int = 0
+    demo_batch: int = 0
+    summaries: int = 0
+    group: int = 1
+    rows: int = 32
+    summaries_per_call: int = 1
+    mesh: tuple[int, int] = (1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunModels:
     student: ModelUse
     teachers: tuple[TeacherUse, ...]
+    context: tuple[ContextUse, ...] = ()  # the pre-pass's models, the student included where it writes demos
 
     def externals(self) -> list[ModelUse]:
         """The teachers' own models (self teachers use the student's), each once."""
@@ -117,10 +144,13 @@ class RunModels:
         return [self.student, *self.externals()]
 
     def needs(self) -> dict[Shape, set[str]]:
-        """{shape: kernels to calibrate}: the student samples and is scored, teachers are scored."""
+        """{shape: kernels to calibrate}: the student samples and is scored, teachers are scored,
+        context models sample."""
         out: dict[Shape, set[str]] = {self.student.shape: set(cal.STUDENT_KINDS)}
         for m in self.externals():
             out.setdefault(m.shape, set()).update(cal.TEACHER_KINDS)
+        for c in self.context:
+            out.setdefault(c.model.shape, set()).update(cal.SAMPLER_KINDS)
         return out
 
 
@@ -183,7 +213,41 @@ def run_models(cfg) -> RunModels:
         else:  # self: the student's weights; its prompt carries the context's demonstrations
             fmt = FORMATS[t.context]
             teachers.append(TeacherUse(name, student, fmt.correct + fmt.wrong))
-    return RunModels(student, tuple(teachers))
+    return RunModels(student, tuple(teachers), context_uses(cfg, student, teachers))
+
+
+def context_uses(cfg, student: ModelUse, teachers: Sequence[TeacherUse]) -> tuple[ContextUse, ...]:
+    """The pre-pass's work per model, from what the self teachers need
+    (:func:`jaxalign.teachers.context_needs`): ceil(demo_trials / batch) rounds per demonstration
+    source, one summary of a correct demonstration (and one of a wrong one where a teacher shows it)
+    per (source, summarizer model) and question; a job's questions grouped ``questions_per_call``
+    at a time."""
+    from jaxalign import config as C
+    from jaxalign.engine.sampling import prefix_slots
+    from jaxalign.pipeline.models import mesh_setting
+    from jaxalign.teachers import RULE, context_needs
+    from jaxalign.teachers.prepass import ContextSettings
+
+    needs = context_needs(cfg.teachers, cfg.student.path)
+    known = {student.id: student, **{t.model.id: t.model for t in teachers}}
+    settings = ContextSettings()
+    group = max(1, min(settings.questions_per_call, -(-C.question_count(cfg) // cfg.shard.count)))
+    work: dict[str, dict] = {}
+    for source in needs.demos:
+        work.setdefault(source, {"rounds": 0, "summaries": 0})["rounds"] = -(-cfg.demo_trials // settings.batch)
+    for (_, summarizer), wrong in needs.summaries.items():
+        if summarizer != RULE:
+            work.setdefault(summarizer, {"rounds": 0, "summaries": 0})["summaries"] += 1 + int(wrong)
+    lengths = trace_lengths(cfg)
+    summary_slots = prefix_slots(lengths.prompt + lengths.response + SUMMARY_PROMPT_TOKENS)
+    out = []
+    for model_id, w in sorted(work.items()):
+        mesh = mesh_setting(cfg, model_id)[1]
+        out.append(ContextUse(known.get(model_id) or model_shape(model_id, cfg.student.dtype, cfg.model_root),
+                              w["rounds"], min(settings.batch, cfg.demo_trials), w["summaries"], group,
+                              settings.max_rows, max(1, settings.max_prefix_slots // summary_slots),
+                              (max(mesh.data, 1), mesh.model)))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- trace lengths
@@ -344,8 +408,10 @@ def _plan_batches(counts: Sequence[int], batch_rollouts: int) -> list[list[int]]
     return batches + ([current] if current else [])
 
 
-def _sampling_work(phase: str, student: ModelUse, calls: Iterable[SamplerCall], decode_attention: str) -> list[Work]:
-    """Each call's fixed cost, its prefixes' prefill and its decode steps. ``decode_attention``:
+def _sampling_work(phase: str, student: ModelUse, calls: Iterable[SamplerCall], decode_attention: str,
+                   share: float = 1.0) -> list[Work]:
+    """Each call's fixed cost, its prefixes' prefill and its decode steps, times ``share`` (a
+    question's part of calls that serve several). ``decode_attention``:
 
     xla     every decode row steps until its call ends, reading the attention window of the call's
             furthest row (:func:`mean_window`) from its own cache
@@ -359,10 +425,10 @@ def _sampling_work(phase: str, student: ModelUse, calls: Iterable[SamplerCall], 
         read = c.read_slots or c.new_slots
         if decode_attention == "ragged":
             read = min(read, max(1.0, c.mean_steps / 2) + BLOCK_K / 2)
-        work.append(Work(phase, "sample_call", student, 1))
-        work.append(Work(phase, "prefill", student, 1, (c.prefixes * c.prefix_slots, c.prefix_slots, c.prefix_slots),
-                         overhead=False))
-        work.append(Work(phase, "decode", student, c.steps, (c.rows, read, c.prefixes, c.prefix_slots)))
+        work.append(Work(phase, "sample_call", student, share))
+        work.append(Work(phase, "prefill", student, share, (c.prefixes * c.prefix_slots, c.prefix_slots,
+                                                            c.prefix_slots), overhead=False))
+        work.append(Work(phase, "decode", student, share * c.steps, (c.rows, read, c.prefixes, c.prefix_slots)))
     return work
 
 
@@ -386,6 +452,7 @@ class QuestionPlan:
     calls: tuple[SamplerCall, ...]
     work: tuple[Work, ...]
     minillm_rollouts: int = 0  # rollouts each model scores for MiniLLM's reward-to-go (0: not computed)
+    context_calls: tuple[tuple[str, SamplerCall], ...] = ()  # the pre-pass's sampler calls: (model id, call)
 
 
 def minillm_rollouts(cfg) -> int:
@@ -411,10 +478,12 @@ def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, 
             Work(phase, "project", model, calls * steps, (rows * chunk,))]
 
 
-def _decode_attention(cfg, kv_heads: int) -> str:
-    """The sampler's attention as the job runs it: ragged unless the student mesh's model axis does
-    not divide its ``kv_heads`` (then the kernel cannot run per device and the window path runs)."""
-    return "ragged" if cfg.decode_attention == "ragged" and kv_heads % cfg.student.mesh.model == 0 else "xla"
+def _decode_attention(cfg, kv_heads: int, model_axis: Optional[int] = None) -> str:
+    """The sampler's attention as the job runs it: ragged unless the model axis of the sampling
+    model's mesh (default: the student's) does not divide its ``kv_heads`` (then the kernel cannot
+    run per device and the window path runs)."""
+    model_axis = cfg.student.mesh.model if model_axis is None else model_axis
+    return "ragged" if cfg.decode_attention == "ragged" and kv_heads % model_axis == 0 else "xla"
 
 
 def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[int] = None,
@@ -425,6 +494,7 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     the devices a job gets) priced as 1."""
     from jaxalign.config import DECODE_ATTENTION
 
+    decode_attention_given = decode_attention
     decode_attention = decode_attention or _decode_attention(cfg, models.student.shape.kv_heads)
     if decode_attention not in DECODE_ATTENTION:
         raise ConfigError(f"decode_attention={decode_attention!r}: choose one of {DECODE_ATTENTION}")
@@ -470,15 +540,38 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     if counted:
         for model, model_prompt in scored:
             work += _rows_scoring_work("phase2", model, model_prompt, m, longest, counted)
-    return QuestionPlan(len(windows), b.num_initial, targeted, tokens, tuple(calls), tuple(work), counted)
+
+    # the context pre-pass, a group of questions per call: demonstrations at the task's lengths, then
+    # summaries of one at summary_max_tokens; each question pays its share of the group's calls
+    context_calls = []
+    for c in models.context:
+        summary_limit = cfg.summary_max_tokens
+        data = c.mesh[0]
+        mine = [call for _ in range(c.demo_rounds)
+                for call in sampler_calls([c.demo_batch] * c.group, prompt, cap, longest, c.rows, m, data)]
+        summaries = c.summaries * c.group
+        for first in range(0, summaries, c.summaries_per_call):
+            mine += sampler_calls([1] * min(c.summaries_per_call, summaries - first), prompt + m + SUMMARY_PROMPT_TOKENS,
+                                  summary_limit, summary_limit, c.rows, summary_limit, data)
+        attention = decode_attention_given or _decode_attention(cfg, c.model.shape.kv_heads, c.mesh[1])
+        work += _sampling_work("prepass", c.model, mine, attention, share=1 / c.group)
+        context_calls += [(c.model.id, call) for call in mine]
+    return QuestionPlan(len(windows), b.num_initial, targeted, tokens, tuple(calls), tuple(work), counted,
+                        tuple(context_calls))
 
 
 # ----------------------------------------------------------------------------- compilation and memory
 def compile_work(plan: QuestionPlan, models: RunModels, lengths: Lengths) -> list[tuple[str, ModelUse, int]]:
     """(kernel, model, distinct shapes) compiled by one job: sampler shapes of the plan, and the
     prefill/projection sizes of every scored length between a quarter response and the longest."""
-    sample = {(c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots) for c in plan.calls}
-    out = [("decode", models.student, len(sample))]
+    def shape(c: SamplerCall) -> tuple:
+        return c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots
+
+    samplers = {models.student.id: (models.student, {shape(c) for c in plan.calls})}
+    by_id = {c.model.id: c.model for c in models.context}
+    for model_id, call in plan.context_calls:
+        samplers.setdefault(model_id, (by_id[model_id], set()))[1].add(shape(call))
+    out = [("decode", model, len(shapes)) for model, shapes in samplers.values()]
     prompts: dict[str, tuple[ModelUse, set]] = {}
     for model, extra in [(models.student, 0)] + [(t.model, t.demonstrations) for t in models.teachers]:
         prompts.setdefault(model.id, (model, set()))[1].add(lengths.prompt + extra * lengths.response)
@@ -617,7 +710,8 @@ def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes
     the peak over the usable memory of one device, rounded up. With them, weights and caches are
     counted per device as the sharding places them, and the peak is that of the first device, which
     every mesh includes: all the weights' shares plus the largest cache. GPUs per job is then the
-    largest mesh, when that peak fits a device (``fits``), else None."""
+    largest mesh, when that peak fits a device (``fits``), else None. The context pre-pass is a
+    second peak (``prepass``, :func:`prepass_memory`); both must fit."""
     parts = model_memory(plan, models, lengths, meshes)
     rows = [{"id": m.id, "weights_gb": m.weights / 1e9, "weights_per_device_gb": m.weights_per_device / 1e9,
              "kv_cache_gb": m.cache_bytes / 1e9, "kv_cache": m.cache, "kv_cache_size": m.cache_size,
@@ -629,16 +723,43 @@ def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes
     out = {"models": rows, "peak_gb": peak,
            "decode_cache": {"rows": widest.rows, "new_slots": widest.new_slots, "prefixes": widest.prefixes,
                             "prefix_slots": widest.prefix_slots, "completions": widest.prefixes * widest.per_prefix}}
+    prepass = prepass_memory(plan, models, meshes)
+    if prepass is not None:
+        out["prepass"] = prepass
+    highest = max(peak, prepass["peak_gb"] if prepass else 0.0)
     out["device_gb"] = None if device_bytes is None else device_bytes / 1e9
     usable = None if device_bytes is None else WEIGHT_SHARE * device_bytes
     spans = {data * model for data, model in (meshes or {}).values()}
-    if max(spans, default=1) > 1:  # the meshes fix the job's devices: do they hold the per-device peak?
+    if max(spans, default=1) > 1:  # the meshes fix the job's devices: do they hold the per-device peaks?
         out["mesh_devices"] = max(spans)
-        out["fits"] = None if usable is None else peak * 1e9 <= usable
+        out["fits"] = None if usable is None else highest * 1e9 <= usable
         out["gpus_per_job"] = max(spans) if out["fits"] else None
     else:
-        out["gpus_per_job"] = None if usable is None else max(1, math.ceil(peak * 1e9 / usable))
+        out["gpus_per_job"] = None if usable is None else max(1, math.ceil(highest * 1e9 / usable))
     return out
+
+
+def prepass_memory(plan: QuestionPlan, models: RunModels, meshes: Optional[dict] = None) -> Optional[dict]:
+    """The context pre-pass's peak on one device, as the job checks it (:mod:`jaxalign.pipeline.models`):
+    the student's share of the weights, the largest context-only model's share (context models are
+    loaded one at a time), and the largest KV cache of a pre-pass call (:func:`call_bytes` of
+    ``plan.context_calls`` on the writing model's mesh). None without context-only models."""
+    main = {m.id for m in models.distinct()}
+    context_only = [c for c in models.context if c.model.id not in main]
+    if not context_only:
+        return None
+    student_mesh = (meshes or {}).get(models.student.id, (1, 1))
+    placed = {models.student.id: (models.student.shape, student_mesh),
+              **{c.model.id: (c.model.shape, c.mesh) for c in context_only}}
+    largest = max(context_only, key=lambda c: weight_bytes_per_device(c.model.shape, c.mesh[1]))
+    weights = (weight_bytes_per_device(models.student.shape, student_mesh[1])
+               + weight_bytes_per_device(largest.model.shape, largest.mesh[1]))
+    caches = [(call_bytes(placed[model_id][0], call, *placed[model_id][1]), model_id, call)
+              for model_id, call in plan.context_calls if model_id in placed]
+    cache, model_id, call = max(caches, key=lambda c: c[0])
+    return {"peak_gb": (weights + cache) / 1e9, "weights_per_device_gb": weights / 1e9, "kv_cache_gb": cache / 1e9,
+            "kv_cache": f"{model_id}: {call.rows} rows x {call.new_slots} slots + {call.prefixes} prefixes x "
+                        f"{call.prefix_slots} slots", "context_model": largest.model.id}
 
 
 # ----------------------------------------------------------------------------- the forecast
@@ -656,7 +777,7 @@ def run_meshes(cfg) -> Optional[dict[str, tuple[int, int]]]:
 
 
 def _context_devices(cfg, gpus: Optional[int]) -> Optional[int]:
-    """GPUs per job, raised to the widest ``context_mesh`` of the (unpriced) context pre-pass."""
+    """GPUs per job, raised to the widest ``context_mesh`` of the context pre-pass."""
     from jaxalign.meshes import context_meshes
 
     spans = [mesh.data * mesh.model for _, mesh in context_meshes(cfg).values() if mesh.data != -1]
@@ -695,17 +816,16 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
     held = _context_devices(cfg, main_span) / main_span
 
     def hours(device: Optional[cal.Device]) -> dict:
-        phase = {"phase1": 0.0, "phase2": 0.0}
+        phase = {"prepass": 0.0, "phase1": 0.0, "phase2": 0.0}
         for w in plan.work:
             phase[w.phase] += held * w.seconds(calibration, device)
         compile_s = held * sum(n * calibration.kernel(m.shape, kind).compile_seconds(
             0 if kind == "project" else m.shape.layers) for kind, m, n in compiled)
-        out = {"phase1_gpu_hours": questions * phase["phase1"] / 3600,
-               "phase2_gpu_hours": questions * phase["phase2"] / 3600,
-               "compile_gpu_hours": cfg.shard.count * compile_s / 3600}
+        out = {f"{name}_gpu_hours": questions * seconds / 3600 for name, seconds in phase.items()}
+        out["compile_gpu_hours"] = cfg.shard.count * compile_s / 3600
         out["gpu_hours"] = sum(out.values())
         out["gpu_days"] = out["gpu_hours"] / 24
-        out["per_question_s"] = {"phase1": phase["phase1"], "phase2": phase["phase2"]}
+        out["per_question_s"] = dict(phase)
         return out
 
     device = calibration.device
@@ -728,10 +848,15 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
         "tokens_per_question": plan.tokens, "rollouts": questions * per_question, "tokens": questions * plan.tokens,
         **hours(None),
         "compiled_shapes": {f"{kind} {m.id}": n for kind, m, n in compiled},
+        "prepass": {"models": {c.model.id: {"demonstrations": c.demo_rounds * c.demo_batch, "summaries": c.summaries,
+                                            "questions_per_call": c.group} for c in models.context},
+                    "note": "per question, upper bounds: every trial of demo_trials and summaries at "
+                            "summary_max_tokens, as if no context cache had them (runs that share "
+                            "context_cache_dir pay them once)"},
         "memory": own,
         "projections": projections,
-        "not_priced": "the context pre-pass (demonstrations, summaries), host work (grading, tree, checkpoints) "
-                      "and a mesh's communication: a mesh's device-hours are one device's, as at ideal scaling",
+        "not_priced": "host work (grading, tree, checkpoints) and a mesh's communication: a mesh's device-hours are "
+                      "one device's, as at ideal scaling",
         **({"idle_held_devices": f"x{held:g}: context_mesh holds more devices than the main phase uses, idle "
                                  "through Phase 1 and 2 and priced"} if held > 1 else {}),
     }

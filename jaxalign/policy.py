@@ -7,7 +7,7 @@ KV-cache engine) and :class:`jaxalign.exact.TabularPolicy` (a synthetic LM with 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -65,3 +65,22 @@ class Policy(Protocol):
         The log-probs of the tokens taken (MiniLLM's reward-to-go), for many sequences at once.
         """
         ...
+
+
+def sample_prompts(policy: Policy, prompts: Sequence[np.ndarray], n: int, max_new_tokens: int, temperature: float,
+                   keys: Sequence[jax.Array], max_rows: Optional[int] = None) -> SampleBatch:
+    """``n`` completions of each of several prompts, prompt i's under ``keys[i]``: what
+    ``policy.sample(prompts[i], [[]], n, max_new_tokens, temperature, keys[i])`` draws, one prompt
+    after the other in the rows. A policy with a ``sample_prompts`` method (FlaxPolicy) does it in
+    one batched call, which reads the weights once per step for every prompt, on at most
+    ``max_rows`` decode rows (default: the policy's own limit); others, one call each.
+    Rows' ``prefix_index`` is the prompt's index."""
+    if hasattr(policy, "sample_prompts"):
+        return policy.sample_prompts(prompts, n, max_new_tokens, temperature, keys, max_rows)
+    empty = [np.zeros(0, np.int32)]
+    batches = [policy.sample(prompt, empty, n, max_new_tokens, temperature, key) for prompt, key in zip(prompts, keys)]
+    width = max([b.tokens.shape[1] for b in batches], default=max_new_tokens)
+    tokens = [np.pad(b.tokens, ((0, 0), (0, width - b.tokens.shape[1])), constant_values=-1) for b in batches]
+    return SampleBatch(np.concatenate(tokens) if tokens else np.zeros((0, width), np.int64),
+                       np.concatenate([b.lengths for b in batches]) if batches else np.zeros(0, np.int64),
+                       np.repeat(np.arange(len(batches)), [len(b.lengths) for b in batches]))

@@ -228,7 +228,7 @@ def test_phase_two_prices_every_teacher_and_minillm():
 def test_memory_and_gpus_per_job():
     cfg = paper_cfg()
     models = cost.run_models(cfg)
-    calibration = synthetic([m.shape for m in models.distinct()])
+    calibration = synthetic(models.needs())
     f = cost.forecast(cfg, calibration, models=models)
     weights = sum(published(m).weight_bytes for m in
                   ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B"))
@@ -245,7 +245,82 @@ def test_memory_and_gpus_per_job():
     a100 = f["projections"]["A100"]["gpus_per_job"]
     assert a100 == math.ceil(mem["peak_gb"] * 1e9 / (cost.WEIGHT_SHARE * 80e9)) and a100 >= 2
     assert f["rollouts"] == f["questions"] * f["rollouts_per_question"]
-    assert f["gpu_hours"] == pytest.approx(f["phase1_gpu_hours"] + f["phase2_gpu_hours"] + f["compile_gpu_hours"])
+    assert f["gpu_hours"] == pytest.approx(f["prepass_gpu_hours"] + f["phase1_gpu_hours"] + f["phase2_gpu_hours"]
+                                           + f["compile_gpu_hours"])
+
+
+def test_the_prepass_peak_counts_in_the_gpus_per_job():
+    """Qwen3-32B writing SELF-1C-32B's demonstrations beside the 0.6B student: its 66 GB of weights and a
+    call's cache (32 rows x 1024 slots) need 2 A100-80GB, where the main phase needs 1."""
+    cfg = paper_cfg("budget.max_response_tokens=1024", *[f"~teachers.{n}" for n in (
+        "SELF-SUM-1C", "SELF-SUM-1C1W", "Qwen3-4B", "Qwen3-8B", "Qwen3-14B")])
+    models = cost.run_models(cfg)
+    lengths = cost.trace_lengths(cfg)
+    plan = cost.question_plan(cfg, models, lengths)
+    mem = cost.memory(plan, models, lengths, 80e9)
+    big, student = published("Qwen/Qwen3-32B"), published("Qwen/Qwen3-0.6B")
+    cache = max(cost.call_bytes(big if m == "Qwen/Qwen3-32B" else student, c) for m, c in plan.context_calls)
+    assert mem["prepass"]["peak_gb"] == pytest.approx((big.weight_bytes + student.weight_bytes + cache) / 1e9)
+    assert mem["prepass"]["context_model"] == "Qwen/Qwen3-32B"
+    assert mem["peak_gb"] * 1e9 < cost.WEIGHT_SHARE * 80e9 < mem["prepass"]["peak_gb"] * 1e9
+    assert mem["gpus_per_job"] == 2
+    assert "prepass" not in cost.memory(plan, dataclasses.replace(models, context=()), lengths, 80e9)
+
+
+def test_the_context_prepass_is_priced_per_model():
+    """paper8: the student writes SELF-1C's and SELF-1C1W's demonstrations; Qwen3-32B writes SELF-1C-32B's
+    and summarizes the student's, a correct one and (for SELF-SUM-1C1W) a wrong one. Every trial of
+    demo_trials is priced (ceil(60 / 20) rounds of the pre-pass's batch of 20), each summary at
+    summary_max_tokens, with the writing model's own calibration. 64 questions share each round's
+    calls, queued on 32 decode rows, as the pre-pass groups them; a question pays a 64th."""
+    cfg = paper_cfg("dataset.num_questions=500")
+    models = cost.run_models(cfg)
+    uses = {c.model.id: c for c in models.context}
+    assert set(uses) == {"Qwen/Qwen3-0.6B", "Qwen/Qwen3-32B"} and uses["Qwen/Qwen3-0.6B"].model is models.student
+    assert [(u.demo_rounds, u.demo_batch, u.summaries, u.group, u.rows, u.summaries_per_call, u.mesh)
+            for u in uses.values()] == [(3, 20, 0, 64, 32, 32, (1, 1)), (3, 20, 2, 64, 32, 32, (1, 1))]
+    # AIME: a summary prompt carries a 15K-token demonstration, 16,384 slots: 2 of them fill a call's 32,768
+    aime = cost.run_models(paper_cfg("dataset=aime2025", "budget.max_response_tokens=32768",
+                                        "context_mesh={data: 2, model: 1}"))
+    assert [(u.summaries_per_call, u.mesh) for u in aime.context] == [(2, (1, 1)), (2, (2, 1))]
+    big = uses["Qwen/Qwen3-32B"].model
+    assert models.needs()[big.shape] == {"decode", "prefill"} and big not in models.distinct()
+
+    lengths = cost.trace_lengths(cfg)
+    plan = cost.question_plan(cfg, models, lengths)
+    rows = 32  # the pre-pass's decode rows (ContextSettings.max_rows); a group's completions queue on them
+    demo = cost.sampler_calls([20] * 64, lengths.prompt, cfg.budget.max_response_tokens, lengths.longest, rows,
+                              lengths.response)
+    summary_prompt = lengths.prompt + lengths.response + cost.SUMMARY_PROMPT_TOKENS
+    summary = cost.sampler_calls([1] * 128, summary_prompt, 1024, 1024, rows, 1024)
+    # a round: 4 calls of 16 questions on 2 rows each; summaries: 4 calls of 32 prompts, a row each
+    assert [(c.prefixes, c.rows) for c in demo] == [(16, 32)] * 4 and cfg.summary_max_tokens == 1024
+    assert [(c.prefixes, c.rows, c.steps) for c in summary] == [(32, 32, 1024)] * 4
+    assert list(plan.context_calls) == ([("Qwen/Qwen3-0.6B", c) for c in demo * 3]
+                                        + [("Qwen/Qwen3-32B", c) for c in demo * 3]
+                                        + [("Qwen/Qwen3-32B", c) for c in summary])
+    prepass = [w for w in plan.work if w.phase == "prepass"]
+    assert {w.model.id for w in prepass} == set(uses)
+    decode = [w for w in prepass if w.kind == "decode" and w.model is big]
+    assert sum(w.count for w in decode) == pytest.approx((3 * sum(c.steps for c in demo) + 4 * 1024) / 64)
+
+    calibration = synthetic(models.needs())
+    f = cost.forecast(cfg, calibration, models=models)
+    seconds = sum(w.seconds(calibration) for w in prepass)
+    assert f["per_question_s"]["prepass"] == pytest.approx(seconds)
+    assert f["prepass_gpu_hours"] == pytest.approx(f["questions"] * seconds / 3600) and seconds > 0
+    assert f["prepass"]["models"] == {
+        "Qwen/Qwen3-0.6B": {"demonstrations": 60, "summaries": 0, "questions_per_call": 64},
+        "Qwen/Qwen3-32B": {"demonstrations": 60, "summaries": 2, "questions_per_call": 64}}
+    assert f["compiled_shapes"]["decode Qwen/Qwen3-32B"] == len({(c.prefixes, c.per_prefix, c.new_slots)
+                                                                for c in demo + summary})
+    assert "pre-pass" not in f["not_priced"]
+    # a shard's questions are grouped; fewer trials, fewer rounds; external teachers only, no pre-pass
+    assert {u.group for u in cost.run_models(paper_cfg("dataset.num_questions=500", "shard.count=50")).context} == {10}
+    assert [u.demo_rounds for u in cost.run_models(paper_cfg("demo_trials=25")).context] == [2, 2]
+    externals = paper_cfg(*[f"~teachers.{n}" for n in ("SELF-1C", "SELF-1C-32B", "SELF-SUM-1C", "SELF-1C1W",
+                                                       "SELF-SUM-1C1W")])
+    assert cost.run_models(externals).context == ()
 
 
 def test_a_model_without_any_config_is_named_with_the_fix(tmp_path):
@@ -375,7 +450,7 @@ def test_decode_steps_follow_the_queue_and_ragged_attention_costs_less():
     cfg = paper_cfg("budget.top_k=20", "budget.top_r=20")
     models = cost.run_models(cfg)
     lengths = cost.trace_lengths(cfg)
-    calibration = synthetic([m.shape for m in models.distinct()])
+    calibration = synthetic(models.needs())
     def decode_seconds(cfg, **kwargs):
         return sum(w.seconds(calibration) for w in cost.question_plan(cfg, models, lengths, **kwargs).work
                    if w.kind == "decode")
@@ -392,13 +467,15 @@ def test_decode_steps_follow_the_queue_and_ragged_attention_costs_less():
 
 
 def test_the_forecast_reads_the_meshes():
-    """paper8 on 4 GPUs: the student's rows over data=4, each external teacher split model=4. The
-    per-device peak then fits one A100, and the job needs the meshes' 4 GPUs (one device: 3 A100s)."""
-    meshes = ["student.mesh={data: 4, model: 1}"] + [f"+teachers.Qwen3-{size}.mesh={{data: 1, model: 4}}"
-                                                     for size in ("4B", "8B", "14B")]
+    """paper8 on 4 GPUs: the student's rows over data=4, each external teacher and the context model
+    (Qwen3-32B) split model=4. The per-device peaks then fit one A100, and the job needs the meshes' 4
+    GPUs (one device: 3 A100s). Without context_mesh the 32B model shares the student's mesh, whole on
+    each device, and its pre-pass does not fit."""
+    meshes = ["student.mesh={data: 4, model: 1}", "context_mesh={data: 1, model: 4}"] + [
+        f"+teachers.Qwen3-{size}.mesh={{data: 1, model: 4}}" for size in ("4B", "8B", "14B")]
     cfg, alone = paper_cfg(*meshes), paper_cfg()
     models = cost.run_models(cfg)
-    calibration = synthetic([m.shape for m in models.distinct()])
+    calibration = synthetic(models.needs())
     f, one = cost.forecast(cfg, calibration, models=models), cost.forecast(alone, calibration, models=models)
     assert f["memory"]["mesh_devices"] == 4 and f["memory"]["peak_gb"] < one["memory"]["peak_gb"] / 3
     assert f["projections"]["A100"]["gpus_per_job"] == 4
@@ -408,10 +485,13 @@ def test_the_forecast_reads_the_meshes():
     assert rows["Qwen/Qwen3-14B"]["weights_per_device_gb"] < rows["Qwen/Qwen3-14B"]["weights_gb"] / 3
     squeezed = cost.forecast(paper_cfg(*meshes, "device_memory_gb=10"), calibration, models=models)
     assert squeezed["memory"]["fits"] is False and squeezed["memory"]["gpus_per_job"] is None
+    whole = paper_cfg(*meshes[:1], *meshes[2:])
+    shared = cost.forecast(whole, calibration, models=cost.run_models(whole))["projections"]["A100"]
+    assert shared["gpus_per_job"] is None
 
 
 def test_the_job_asks_for_the_context_models_mesh():
-    """Qwen3-32B writes paper8's demonstrations and summaries in the (unpriced) pre-pass; on
+    """Qwen3-32B writes paper8's demonstrations and summaries in the pre-pass; on
     context_mesh={data: 1, model: 4} the job needs 4 GPUs even where the main phase needs fewer."""
     from jaxalign import meshes
 
@@ -419,7 +499,7 @@ def test_the_job_asks_for_the_context_models_mesh():
     assert meshes.context_meshes(cfg) == {"Qwen/Qwen3-32B": ("context_mesh", MeshConf(1, 4))}
     assert meshes.mesh_devices(cfg) == 4  # what launch/sweep.sh asks SLURM for
     models = cost.run_models(cfg)
-    calibration = synthetic([m.shape for m in models.distinct()])
+    calibration = synthetic(models.needs())
     f = cost.forecast(cfg, calibration, models=models)
     alone = cost.forecast(paper_cfg(), calibration, models=models)
     assert alone["projections"]["H100"]["gpus_per_job"] == 3  # the main phase alone: 3 H100s (one device each)

@@ -171,8 +171,10 @@ def test_a_model_axis_makes_a_refused_run_fit(tmp_path):
 
 
 def test_the_pre_pass_counts_the_context_models_sampler():
-    """A context model writing demonstrations (20 at a time: 32 rows of 64 new slots after a prompt
-    in 128 slots, the prefix minimum) against the bytes of caches of that shape."""
+    """A context model writing a round of demonstrations for the job's 2 questions in one call (20 of
+    each, queued on the pre-pass's 32 rows of 64 new slots, after 2 prompts in 128 slots each, the
+    prefix minimum) against the bytes of caches of that shape, the logits and the completions' token
+    buffer (2 x 32 completions)."""
     from jaxalign.models import init_cache, load_qwen3
     from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
     from jaxalign.pipeline.models import PRE_PASS, JobModels
@@ -185,10 +187,11 @@ def test_the_pre_pass_counts_the_context_models_sampler():
     assert [s.id for s in models.phases()[PRE_PASS]] == ["toy:student", "toy:teacher"]
     cache = models.caches(cfg, models.prompt_tokens(prompts, task.system))[PRE_PASS]
     teacher_cfg, _ = load_qwen3(TOY / "teacher", jnp.float32)
-    caches = (init_cache(teacher_cfg, 32, 64, jnp.float32), init_cache(teacher_cfg, 1, 128, jnp.float32))
+    caches = (init_cache(teacher_cfg, 32, 64, jnp.float32), init_cache(teacher_cfg, 2, 128, jnp.float32))
     kv = sum(x.nbytes for c in caches for x in (*c.k, *c.v))
-    assert (cache.model, cache.size) == ("toy:teacher", "32 rows x 64 slots + 1 prefix x 128 slots")
-    assert cache.nbytes == kv + 3 * 32 * teacher_cfg.vocab_size * 4
+    assert len(prompts) == 2 and cache.data_axis == "context_mesh.data"
+    assert (cache.model, cache.size) == ("toy:teacher", "32 rows x 64 slots + 2 prefixes x 128 slots")
+    assert cache.nbytes == kv + 3 * 32 * teacher_cfg.vocab_size * 4 + 64 * 64 * 4
 
 
 def test_minillm_scoring_is_priced_as_its_arrays():

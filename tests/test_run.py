@@ -103,8 +103,9 @@ def test_dry_run_prices_the_budget(capsys, tmp_path):
     assert cost["windows"] == windows
     assert cost["rollouts_per_question"] == 64 + windows * (4 + 4) * 40
     assert cost["rollouts"] == 10 * cost["rollouts_per_question"]
-    assert cost["gpu_hours"] == pytest.approx(cost["phase1_gpu_hours"] + cost["phase2_gpu_hours"]
-                                              + cost["compile_gpu_hours"])
+    assert cost["gpu_hours"] == pytest.approx(cost["prepass_gpu_hours"] + cost["phase1_gpu_hours"]
+                                              + cost["phase2_gpu_hours"] + cost["compile_gpu_hours"])
+    assert cost["prepass_gpu_hours"] > 0  # the student's demonstrations for SELF-1C and SELF-1C1W
     assert cost["device"] == "cpu" and "gpus_per_job" in cost["memory"] and cost["memory"]["models"]
     assert json.loads(capsys.readouterr().out)["rollouts"] == cost["rollouts"]
     assert json.loads((tmp_path / "forecast.json").read_text()) == cost

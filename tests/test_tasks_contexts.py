@@ -261,11 +261,52 @@ def test_the_prepass_runs_each_model_once_in_order_and_resumes_from_its_caches(t
     contexts.prepare(questions, again)
     assert [e for e in again.events if e[0] == "load"] == []  # all cached: nothing loaded
 
-    stopping = Contexts(PAPER8, "student", lambda q, text: TASK.grade(text, q.answer), tmp_path / "other",
-                        ContextSettings(max_trials=2, batch=2), lambda qid, *path: jax.random.key(0))
-    with pytest.raises(Stopped, match="demonstrations of student"):
-        stopping.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}), stop=lambda: True)
-    assert len(list((tmp_path / "other" / "demos" / "student").glob("*.json"))) == 1  # the first one is kept
+    # a stop is honoured between groups of questions_per_call questions; what they sampled is kept
+    for per_call, kept in ((1, 1), (64, 2)):
+        stopping = Contexts(PAPER8, "student", lambda q, text: TASK.grade(text, q.answer), tmp_path / f"other{per_call}",
+                            ContextSettings(max_trials=2, batch=2, questions_per_call=per_call),
+                            lambda qid, *path: jax.random.key(0))
+        with pytest.raises(Stopped, match="demonstrations of student"):
+            stopping.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}), stop=lambda: True)
+        assert len(list((tmp_path / f"other{per_call}" / "demos" / "student").glob("*.json"))) == kept
+
+
+def test_demonstrations_and_summaries_of_many_questions_equal_one_question_at_a_time(tmp_path, monkeypatch):
+    """The toy student samples 5 questions' demonstrations in one engine call per round, each question
+    under its own key, queued on 4 decode rows, and summarizes them in calls of at most 2,048 prompt
+    slots: the texts are those of one question at a time."""
+    from jaxalign.config import ASSETS
+    from jaxalign.engine import policy as engine_policy
+    from jaxalign.engine.policy import FlaxPolicy
+    from jaxalign.models import load_qwen3, load_tokenizer
+    from jaxalign.teachers import ModelSummarizer, sample_demonstrations_of, summarize_demonstrations_of
+    from jaxalign.teachers.summarizers import prompt_groups, summarize_demonstrations, summary_request
+
+    cfg, params = load_qwen3(ASSETS / "toy" / "student", jnp.float32)
+    tok = load_tokenizer(ASSETS / "toy" / "student")
+    policy = FlaxPolicy(params, cfg, cfg.eos_token_ids)
+    calls = []
+    engine_sample = engine_policy.sample
+    monkeypatch.setattr(engine_policy, "sample", lambda *a, **k: calls.append(len(a[2])) or engine_sample(*a, **k))
+    questions = TASK.questions(5, seed=4)
+    items = [(q, lambda text, q=q: TASK.grade(q, text), jax.random.key(i)) for i, q in enumerate(questions)]
+    kwargs = dict(need_correct=1, need_wrong=1, batch=3, max_trials=9, max_new_tokens=64, temperature=0.7)
+    encode = lambda u: encode_chat(tok, u)  # noqa: E731
+    together = sample_demonstrations_of(policy, encode, tok.decode, items, max_rows=4, **kwargs)
+    rounds = len(calls)
+    alone = [sample_demonstrations(policy, encode, tok.decode, grade, q, key, **kwargs) for q, grade, key in items]
+    assert together == alone
+    assert calls[:rounds][0] == 5 and rounds <= 3 and len(calls) - rounds >= 5  # 5 prompts per round, not 5 calls
+    assert len({d.trials for d in together}) > 1 or all(d.correct and d.wrong for d in together)
+
+    summarizer = ModelSummarizer(policy, encode, tok.decode, max_new_tokens=32, max_rows=4, max_prefix_slots=2048)
+    demo_items = [(q, d, jax.random.key(10 + i)) for i, (q, d) in enumerate(zip(questions, together))]
+    calls.clear()
+    batched = summarize_demonstrations_of(summarizer, demo_items)
+    requests = [summary_request(q, text) for q, d, _ in demo_items for text in (*d.correct[:1], *d.wrong[:1])]
+    groups = prompt_groups([len(encode(r)) for r in requests], 2048)
+    assert calls == [len(g) for g in groups] and 1 < len(calls) < len(requests)
+    assert batched == [summarize_demonstrations(summarizer, q, d, key) for q, d, key in demo_items]
 
 
 def test_summaries_of_the_students_demonstrations_come_from_the_summarizer(tmp_path):
@@ -286,3 +327,12 @@ def test_summaries_of_the_students_demonstrations_come_from_the_summarizer(tmp_p
     contexts.prepare([q], Pool(tok, {"big": "Answer: 2"}))
     message = contexts.messages(q)["SUM"]
     assert message.count('"""\nAnswer: 2\n"""') == 2  # both demonstrations, as the summarizer wrote them
+
+
+def test_summary_calls_hold_at_most_max_prefix_slots_of_prompts():
+    """The engine pads a call's prompts to the longest one's power-of-two slots (at least 128)."""
+    from jaxalign.teachers.summarizers import prompt_groups
+
+    assert prompt_groups([100, 200, 5000, 100, 40000, 10], 32768) == [[0, 1, 2, 3], [4], [5]]  # 4 x 8192; alone
+    assert [len(g) for g in prompt_groups([100] * 300, 32768)] == [256, 44]  # 128 slots each
+    assert prompt_groups([100] * 3, None) == [[0, 1, 2]] and prompt_groups([], 1024) == []

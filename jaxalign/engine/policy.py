@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -35,6 +36,14 @@ class FlaxPolicy:
         return sample(self.params, self.cfg, full, n, max_new_tokens=max_new_tokens, key=key,
                       eos_ids=self.eos_token_ids, temperature=temperature, fork=self.fork,
                       max_rows=self.max_rows, mesh=self.mesh)
+
+    def sample_prompts(self, prompts: Sequence[np.ndarray], n: int, max_new_tokens: int, temperature: float,
+                       keys: Sequence[jax.Array], max_rows: Optional[int] = None) -> SampleBatch:
+        """``n`` completions of each prompt, prompt i's under keys[i], in one batched call on at most
+        ``max_rows`` decode rows (default: this policy's) (:func:`jaxalign.policy.sample_prompts`)."""
+        return sample(self.params, self.cfg, [np.asarray(p, np.int32).ravel() for p in prompts], n,
+                      max_new_tokens=max_new_tokens, key=jnp.stack(list(keys)), eos_ids=self.eos_token_ids,
+                      temperature=temperature, fork=self.fork, max_rows=max_rows or self.max_rows, mesh=self.mesh)
 
     def next_token_logprobs(self, prompt: np.ndarray, response: np.ndarray, positions: np.ndarray) -> np.ndarray:
         return np.asarray(response_logprobs(self.params, self.cfg, prompt, response, positions))

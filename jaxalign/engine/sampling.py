@@ -20,8 +20,9 @@ traces per layout.
 
 Randomness: row r draws step t from ``fold_in(fold_in(key, row_id[r]), t)`` with the Gumbel-max
 trick on float32 logits. A row's tokens therefore depend on (key, row id, prefix) alone: not on
-padding, batch neighbours, chunking, sharding or the layout. ``temperature == 0`` is greedy
-decoding (argmax, no randomness).
+padding, batch neighbours, chunking, sharding or the layout. Given one key per prefix, each
+prefix's rows are numbered from 0 under its own key, so a call over many prefixes draws what one
+call per prefix would. ``temperature == 0`` is greedy decoding (argmax, no randomness).
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ def _decode(params, cfg, first_logits, row_keys, valid, cache, positions0, tempe
     return out, lengths
 
 
-def _row_keys(key, row_ids):
-    return jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids)
+def _row_keys(keys, row_ids):
+    """keys: [B] typed keys, one per row; row_ids: [B] int32. Returns [B] keys fold_in(keys[r], row_ids[r])."""
+    return jax.vmap(jax.random.fold_in)(keys, row_ids)
 
 
 def _pinner(mesh: Optional[Mesh], rules: Optional[ShardingRules]):
@@ -132,16 +134,16 @@ def _pinner(mesh: Optional[Mesh], rules: Optional[ShardingRules]):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules", "slots"))
-def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid, key, temperature, limit, *,
+def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid, keys, temperature, limit, *,
                    max_new, eos_ids, greedy, mesh=None, rules=None, slots=None):
     """The forked layout with a completion queue per prefix.
 
     prefix_tokens: [P, Lp] left-padded; prefix_start: [P] int32; row_ids, row_valid: [P, C]: prefix
-    p's completions are its first sum(row_valid[p]) columns. ``slots`` (static, default C): decode
-    rows per prefix. With fewer slots than completions, a row whose completion ends takes the next
-    one of its prefix at the next step (continuous batching): the call runs for about
-    C / slots completion lengths, not until the longest of C rows, and no row idles while its
-    prefix has work. Each row writes its own cache slot (a per-row ``end``), and a new completion
+    p's completions are its first sum(row_valid[p]) columns, drawn with ``keys`` [P] (one per prefix).
+    ``slots`` (static, default C): decode rows per prefix. With fewer slots than completions, a row
+    whose completion ends takes the next one of its prefix at the next step (continuous batching):
+    the call runs for about C / slots completion lengths, not until the longest of C rows, and no
+    row idles while its prefix has work. Each row writes its own cache slot (a per-row ``end``), and a new completion
     masks the old one's keys out, so nothing is cleared.
     Returns tokens [P * C, max_new] int32 (-1 padded) and lengths [P * C] int32, EOS included.
     """
@@ -158,7 +160,7 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
     prefix_of = jnp.repeat(jnp.arange(num_prefixes, dtype=jnp.int32), per_prefix)  # [rows]
     first_hidden = hidden[:, -1][prefix_of]  # [rows, D]: every completion's first token is drawn from it
     base = jnp.repeat(shared.length, per_prefix)  # [rows] RoPE position of suffix slot 0
-    job_keys = _row_keys(key, row_ids.reshape(-1))  # [P * C]
+    job_keys = _row_keys(jnp.repeat(keys, columns, axis=0), row_ids.reshape(-1))  # [P * C]
     count = jnp.sum(row_valid, axis=1, dtype=jnp.int32)  # [P]
     eos = jnp.asarray(eos_ids, jnp.int32)
     suffix = init_cache(cfg, rows, max_new, params.dtype)
@@ -198,16 +200,16 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules"))
-def _sample_plain(params, cfg, tokens, start, row_ids, row_valid, key, temperature, limit, *,
+def _sample_plain(params, cfg, tokens, start, row_ids, row_valid, keys, temperature, limit, *,
                   max_new, eos_ids, greedy, mesh=None, rules=None):
-    """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid: [B]."""
+    """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid, keys: [B]."""
     COMPILES["plain"] += 1
     rows, length = tokens.shape
     pin = _pinner(mesh, rules)
     cache = pin(init_cache(cfg, rows, length + max_new, params.dtype, start), cache_axes(cfg))
     positions = jnp.maximum(jnp.arange(length)[None, :] - start[:, None], 0)
     hidden, cache = forward_hidden(params, cfg, tokens, positions, cache)
-    return _decode(params, cfg, logits_from_hidden(params, hidden[:, -1]), _row_keys(key, row_ids), row_valid,
+    return _decode(params, cfg, logits_from_hidden(params, hidden[:, -1]), _row_keys(keys, row_ids), row_valid,
                    cache, length - start, temperature, limit, max_new=max_new, eos_ids=eos_ids, greedy=greedy,
                    pin=pin)
 
@@ -275,12 +277,15 @@ def sample(
     """``counts[i]`` completions of each full token prefix (prompt + response so far).
 
     Rows are numbered in order (prefix 0's completions first), starting at ``row_offset``; row r
-    uses ``fold_in(key, r)``. Batches larger than ``max_rows`` are split automatically, with the
-    same tokens as one big batch. In the forked layout a call decodes at most ``max_rows`` rows but
-    takes up to ``max_queued`` completions (default :data:`QUEUE_FACTOR` x max_rows): a row that ends
-    starts the next completion of its prefix. ``mesh`` (see :func:`jaxalign.models.sharding.make_mesh`): rows
-    and KV caches are sharded over its 'data' axis, KV heads over 'model'; with model > 1 the params
-    must already be sharded by :func:`~jaxalign.models.sharding.shard_params` on the same mesh.
+    uses ``fold_in(key, r)``. With one key per prefix (``key`` a [len(prefixes)] typed key array),
+    prefix p's rows are numbered from 0 and use ``keys[p]``: each prefix draws what
+    ``sample([prefixes[p]], counts[p], key=keys[p])`` would. Batches larger than ``max_rows`` are split
+    automatically, with the same tokens as one big batch. In the forked layout a call decodes at most
+    ``max_rows`` rows but takes up to ``max_queued`` completions (default :data:`QUEUE_FACTOR` x
+    max_rows): a row that ends starts the next completion of its prefix. ``mesh`` (see
+    :func:`jaxalign.models.sharding.make_mesh`): rows and KV caches are sharded over its 'data' axis,
+    KV heads over 'model'; with model > 1 the params must already be sharded by
+    :func:`~jaxalign.models.sharding.shard_params` on the same mesh.
     Returns tokens [N, max_new_tokens] int64 (-1 padded), lengths [N], prefix_index [N].
     """
     counts = [int(counts)] * len(prefixes) if np.ndim(counts) == 0 else [int(c) for c in counts]
@@ -289,7 +294,11 @@ def sample(
     _validate(prefixes, counts, max_new_tokens, temperature, max_len, eos_ids)
     if max_rows < 1 or (max_queued is not None and max_queued < 1):
         raise ConfigError(f"max_rows={max_rows} and max_queued={max_queued} must be >= 1")
-    row_ids = row_offset + np.concatenate([[0], np.cumsum(counts)])[:-1]
+    keys, own_keys = _prefix_keys(key, len(prefixes))
+    if own_keys and row_offset:
+        raise ConfigError(f"row_offset={row_offset} with one key per prefix: each prefix's rows are numbered from 0")
+    first_out = np.concatenate([[0], np.cumsum(counts)])[:-1].astype(np.int64)  # each prefix's first output row
+    first_draw = np.zeros(len(counts), np.int64) if own_keys else row_offset + first_out
     tokens_out = np.full((sum(counts), max_new_tokens), -1, np.int64)
     lengths_out = np.zeros(sum(counts), np.int64)
     max_new = bucket(max_new_tokens, 8)
@@ -301,34 +310,52 @@ def sample(
     if fork:
         work = _chunks(counts, max_rows, QUEUE_FACTOR * max_rows if max_queued is None else max_queued, min_rows)
     else:
-        flat_rows = [(p, row_ids[p] + j) for p, c in enumerate(counts) for j in range(c)]
+        flat_rows = [(p, j) for p, c in enumerate(counts) for j in range(c)]
         work = [flat_rows[i: i + max_rows] for i in range(0, len(flat_rows), max_rows)]
     for chunk in work:
         if fork:
             num_p, per_p, slots = queue_layout(chunk, max_rows, min_rows)
-            seqs = [prefixes[p] for p, _, _ in chunk] + [prefixes[chunk[0][0]]] * (num_p - len(chunk))
-            ptok, pstart = _left_pad(seqs, prefix_slots(max(len(s) for s in seqs)))
+            owners = [p for p, _, _ in chunk] + [chunk[0][0]] * (num_p - len(chunk))
+            ptok, pstart = _left_pad([prefixes[p] for p in owners],
+                                     prefix_slots(max(len(prefixes[p]) for p in owners)))
             ids = np.zeros((num_p, per_p), np.int32)
+            where = np.zeros((num_p, per_p), np.int64)  # the output row of each completion
             valid = np.zeros((num_p, per_p), bool)
             for i, (p, first, c) in enumerate(chunk):
-                ids[i, :c] = row_ids[p] + first + np.arange(c)
+                ids[i, :c] = first_draw[p] + first + np.arange(c)
+                where[i, :c] = first_out[p] + first + np.arange(c)
                 valid[i, :c] = True
-            out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, key, *dynamics, slots=slots,
-                                          **statics)
+            out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, keys[np.asarray(owners)], *dynamics,
+                                          slots=slots, **statics)
         else:
             rows = bucket(len(chunk), min_rows)
-            seqs = [prefixes[p] for p, _ in chunk] + [prefixes[chunk[0][0]]] * (rows - len(chunk))
-            tok, start = _left_pad(seqs, bucket(max(len(s) for s in seqs), 16))
+            owners = [p for p, _ in chunk] + [chunk[0][0]] * (rows - len(chunk))
+            tok, start = _left_pad([prefixes[p] for p in owners], bucket(max(len(prefixes[p]) for p in owners), 16))
             ids = np.zeros(rows, np.int32)
-            ids[: len(chunk)] = [r for _, r in chunk]
+            ids[: len(chunk)] = [first_draw[p] + j for p, j in chunk]
+            where = np.zeros(rows, np.int64)
+            where[: len(chunk)] = [first_out[p] + j for p, j in chunk]
             valid = np.arange(rows) < len(chunk)
-            out, lengths = _sample_plain(params, cfg, tok, start, ids, valid, key, *dynamics, **statics)
+            out, lengths = _sample_plain(params, cfg, tok, start, ids, valid, keys[np.asarray(owners)], *dynamics,
+                                         **statics)
         out, lengths = np.asarray(out).reshape(-1, max_new), np.asarray(lengths).reshape(-1)
         chosen = np.asarray(valid).reshape(-1)
-        global_rows = np.asarray(ids).reshape(-1)[chosen] - row_offset
-        tokens_out[global_rows] = out[chosen, :max_new_tokens]
-        lengths_out[global_rows] = lengths[chosen]
+        rows_out = where.reshape(-1)[chosen]
+        tokens_out[rows_out] = out[chosen, :max_new_tokens]
+        lengths_out[rows_out] = lengths[chosen]
     return SampleBatch(tokens=tokens_out, lengths=lengths_out, prefix_index=np.repeat(np.arange(len(counts)), counts))
+
+
+def _prefix_keys(key: jax.Array, num_prefixes: int) -> tuple[jax.Array, bool]:
+    """([num_prefixes] typed keys, whether each prefix has its own). ``key``: one key (typed, or a
+    raw uint32 [2] key), or a typed [num_prefixes] key array."""
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.ndim == 0:
+        return jnp.broadcast_to(key, (num_prefixes,)), False
+    if key.shape != (num_prefixes,):
+        raise ConfigError(f"key: one key, or one per prefix ({num_prefixes}); got keys of shape {key.shape}")
+    return key, True
 
 
 def _rules_checked(params: Qwen3Params, cfg: Qwen3Config, mesh: Mesh) -> ShardingRules:

@@ -224,6 +224,7 @@ class JobModels:
 
         self.dtype = jnp.bfloat16 if cfg.student.dtype == "bfloat16" else jnp.float32
         self.student = student
+        self.questions = len(prompts)  # the job's (0: not given)
         self.meshes = job_meshes(cfg, list(roles))
         self.decode_attention = cfg.decode_attention
         self._meshes: dict = {}
@@ -272,7 +273,7 @@ class JobModels:
     def caches(self, cfg: C.RunConf, prompt_tokens: int) -> dict[str, CacheUse]:
         """Each phase's largest KV cache on one device (see the module docstring), by phase name."""
         from jaxalign import cost
-        from jaxalign.engine.sampling import bucket, prefix_slots
+        from jaxalign.engine.sampling import prefix_slots
         from jaxalign.teachers import FORMATS, context_needs
         from jaxalign.teachers.prepass import ContextSettings
 
@@ -295,27 +296,31 @@ class JobModels:
         out = {MAIN_PHASE: CacheUse(largest.id, largest.cache, largest.cache_size, largest.cache_bytes,
                                     widest if largest.cache == "sampler" else 1)}
         if PRE_PASS in phases:
-            demo_rows = ContextSettings().batch
+            settings = ContextSettings()
+            group = min(settings.questions_per_call, self.questions or C.question_count(cfg))
             writes_demos = set(context_needs(cfg.teachers, cfg.student.path).demos)
 
             def writer_mesh(model_id: str) -> str:  # the setting to change for this writer's rows
                 return "context_mesh" if model_id in context_meshes(cfg) else mesh_setting(cfg, model_id)[0]
 
+            def widest(spec, counts: list[int], prefix: int, limit: int, hint: Optional[str]) -> CacheUse:
+                calls = cost.sampler_calls(counts, prefix, limit, limit, settings.max_rows, limit, spec.mesh[0])
+                call = max(calls, key=lambda c: cost.call_bytes(self.shapes[spec.id], c, *spec.mesh))
+                size = (f"{call.rows} rows x {call.new_slots} slots + {call.prefixes} prefixes x {call.prefix_slots} "
+                        "slots")
+                return CacheUse(spec.id, "sampler", size, cost.call_bytes(self.shapes[spec.id], call, *spec.mesh),
+                                call.rows, hint)
+
             found = []
             for spec in phases[PRE_PASS]:
-                data, tp = spec.mesh
-                shape = self.shapes[spec.id]
-                if spec.id in writes_demos:  # demonstrations, batch rows at a time
-                    rows, prefix, new = bucket(demo_rows, data), prefix_slots(prompt_tokens), bucket(cap, 8)
-                    found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
-                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows,
-                                          f"{writer_mesh(spec.id)}.data"))
-                if "summaries" in spec.roles:  # one row (one per data shard), after the question and two demos
-                    rows, prefix = data, prefix_slots(prompt_tokens + 2 * cap)
-                    new = bucket(cfg.summary_max_tokens, 8)
-                    found.append(CacheUse(spec.id, "sampler", f"{rows} rows x {new} slots + 1 prefix x {prefix} slots",
-                                          cost.sampler_cache_bytes(shape, rows, new, 1, prefix, data, tp), rows,
-                                          None))
+                if spec.id in writes_demos:  # a round of demonstrations: batch of each question in a group
+                    found.append(widest(spec, [settings.batch] * group, prompt_tokens, cap,
+                                        f"{writer_mesh(spec.id)}.data"))
+                if "summaries" in spec.roles:  # a correct and a wrong summary of each question in a group
+                    prompt = prompt_tokens + cap + cost.SUMMARY_PROMPT_TOKENS
+                    per_call = max(1, settings.max_prefix_slots // prefix_slots(prompt))
+                    found.append(widest(spec, [1] * min(2 * group, per_call), prompt, cfg.summary_max_tokens,
+                                        f"{writer_mesh(spec.id)}.data"))
             if found:
                 out[PRE_PASS] = max(found, key=lambda c: c.nbytes)
         return out

@@ -23,10 +23,12 @@ from typing import Mapping, Optional, Union
 
 from jaxalign.errors import ConfigError
 from jaxalign.tasks.base import Question
-from jaxalign.teachers.demos import DemoNeed, DemonstrationCache, Demonstrations, sample_demonstrations
+from jaxalign.teachers.demos import (DemoNeed, DemonstrationCache, Demonstrations, sample_demonstrations,
+                                     sample_demonstrations_of)
 from jaxalign.teachers.formats import FORMATS, ContextFormat, check_same_generation_prompt
 from jaxalign.teachers.summarizers import (RULE, SUMMARY_PROMPT, ModelSummarizer, Summarizer, SummaryCache,
-                                           ToyRuleSummarizer, summarize_demonstrations, summary_request)
+                                           ToyRuleSummarizer, summarize_demonstrations, summarize_demonstrations_of,
+                                           summary_request)
 
 TEACHER_KINDS = ("self", "external", "exact")
 
@@ -133,4 +135,5 @@ class _Conf:
 __all__ = ["ContextFormat", "ContextNeeds", "DemoNeed", "DemonstrationCache", "Demonstrations", "Excluded", "FORMATS",
            "ModelSummarizer", "RULE", "SUMMARY_PROMPT", "Summarizer", "SummaryCache", "TEACHER_KINDS",
            "ToyRuleSummarizer", "build_context", "check_same_generation_prompt", "context_format", "context_needs",
-           "demo_source", "sample_demonstrations", "summarize_demonstrations", "summary_request", "teacher_message"]
+           "demo_source", "sample_demonstrations", "sample_demonstrations_of", "summarize_demonstrations",
+           "summarize_demonstrations_of", "summary_request", "teacher_message"]

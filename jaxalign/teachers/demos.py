@@ -85,13 +85,26 @@ class DemonstrationCache:
         return found if need.met_by(found) or exhausted else None
 
 
-def sample_demonstrations(
+def sample_demonstrations(policy, encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
+                          grade: Callable[[str], bool], question: Question, key: jax.Array,
+                          **options) -> Demonstrations:
+    """Samples responses to the plain question until it has enough correct and wrong ones.
+
+    At most ``max_trials`` samples, drawn ``batch`` at a time, with keys folded from ``key``.
+    ``encode`` renders the user message to prompt ids; ``decode`` turns response ids (EOS
+    excluded) into text; ``grade`` checks a response against the ground truth. A cached file
+    that answers the need (:meth:`DemonstrationCache.answers`) is returned as is. ``options``:
+    the keyword arguments of :func:`sample_demonstrations_of` (need_correct, need_wrong,
+    temperature, max_trials, batch, max_new_tokens, cache, max_rows).
+    """
+    return sample_demonstrations_of(policy, encode, decode, [(question, grade, key)], **options)[0]
+
+
+def sample_demonstrations_of(
     policy,
     encode: Callable[[str], list[int]],
     decode: Callable[[Sequence[int]], str],
-    grade: Callable[[str], bool],
-    question: Question,
-    key: jax.Array,
+    items: Sequence[tuple[Question, Callable[[str], bool], jax.Array]],
     *,
     need_correct: int = 1,
     need_wrong: int = 1,
@@ -100,34 +113,48 @@ def sample_demonstrations(
     batch: int = 20,
     max_new_tokens: int = 512,
     cache: Optional[DemonstrationCache] = None,
-) -> Demonstrations:
-    """Samples responses to the plain question until it has enough correct and wrong ones.
+    max_rows: Optional[int] = None,
+) -> list[Demonstrations]:
+    """:func:`sample_demonstrations` for several (question, grade, key) items at once.
 
-    At most ``max_trials`` samples, drawn ``batch`` at a time, with keys folded from ``key``.
-    ``encode`` renders the user message to prompt ids; ``decode`` turns response ids (EOS
-    excluded) into text; ``grade`` checks a response against the ground truth. A cached file
-    that answers the need (:meth:`DemonstrationCache.answers`) is returned as is.
+    Each round samples ``batch`` responses for every question that still lacks some, in one
+    :func:`jaxalign.policy.sample_prompts`, each question under ``fold_in(its key, trials)``. So
+    every question gets exactly the demonstrations it would get alone, and a 32B source reads its
+    weights once per decode step for many questions' rows instead of one question's. A question's file is
+    written in the round that completes it. ``max_rows``: decode rows per call (the policy's own
+    limit by default); the rest of a round's completions queue on them.
     """
+    from jaxalign.policy import sample_prompts
+
     need = DemoNeed(need_correct, need_wrong)
-    if cache is not None and (found := cache.answers(question.qid, need, max_trials)) is not None:
-        return found
-    prompt = np.asarray(encode(question.user), np.int32)
-    correct: list[str] = []
-    wrong: list[str] = []
-    trials = 0
-    while trials < max_trials and (len(correct) < need_correct or len(wrong) < need_wrong):
-        n = min(batch, max_trials - trials)
-        out = policy.sample(prompt, [np.zeros(0, np.int32)], n, max_new_tokens, temperature,
-                            jax.random.fold_in(key, trials))
-        for row, length in zip(out.tokens, out.lengths):
-            tokens = [int(t) for t in row[:length] if int(t) not in policy.eos_token_ids]
-            text = decode(tokens)
-            (correct if grade(text) else wrong).append(text)
-        trials += n
-    demos = Demonstrations(tuple(correct[:max(need_correct, 1)]), tuple(wrong[:max(need_wrong, 1)]), trials)
-    if len(correct) < need_correct:
-        log.warning("%s: %d of %d correct demonstrations in %d trials", question.qid, len(correct), need_correct,
-                    trials)
+    found: list[Optional[Demonstrations]] = [None] * len(items)
     if cache is not None:
-        cache.save(question.qid, demos, need)
-    return demos
+        found = [cache.answers(q.qid, need, max_trials) for q, _, _ in items]
+    todo = [i for i, f in enumerate(found) if f is None]
+    prompts = {i: np.asarray(encode(items[i][0].user), np.int32) for i in todo}
+    correct: dict[int, list[str]] = {i: [] for i in todo}
+    wrong: dict[int, list[str]] = {i: [] for i in todo}
+    trials = 0
+    while True:
+        for i in list(todo):
+            if trials < max_trials and (len(correct[i]) < need_correct or len(wrong[i]) < need_wrong):
+                continue
+            question = items[i][0]
+            found[i] = Demonstrations(tuple(correct[i][:max(need_correct, 1)]), tuple(wrong[i][:max(need_wrong, 1)]),
+                                      trials)
+            if len(correct[i]) < need_correct:
+                log.warning("%s: %d of %d correct demonstrations in %d trials", question.qid, len(correct[i]),
+                            need_correct, trials)
+            if cache is not None:
+                cache.save(question.qid, found[i], need)
+            todo.remove(i)
+        if not todo:
+            return found
+        n = min(batch, max_trials - trials)
+        out = sample_prompts(policy, [prompts[i] for i in todo], n, max_new_tokens, temperature,
+                             [jax.random.fold_in(items[i][2], trials) for i in todo], max_rows)
+        for row, length, which in zip(out.tokens, out.lengths, out.prefix_index):
+            i = todo[which]
+            text = decode([int(t) for t in row[:length] if int(t) not in policy.eos_token_ids])
+            (correct[i] if items[i][1](text) else wrong[i]).append(text)
+        trials += n

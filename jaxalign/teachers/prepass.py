@@ -6,7 +6,11 @@ each other source model samples its demonstrations, then each summarizer model c
 demonstrations of the sources it serves. A model is loaded when it first has work that is not
 already cached and released when its last work is done, so a 32B context model is never resident
 with the external teachers, and a resumed job loads nothing whose outputs are on disk.
-A stop request (preemption) is honoured between questions: everything done so far is cached.
+Questions are sampled and summarized ``questions_per_call`` at a time: each round is one
+``sample`` over the group's prompts, each question under its own key (so with the same results as
+one at a time), on at most ``max_rows`` decode rows where the completions queue. A 32B model then
+reads its weights once per decode step for many questions, not for one question's 20 rows. A stop
+request (preemption) is honoured between those groups: everything done so far is cached.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import jax
 
 from jaxalign.tasks.base import Question
 from jaxalign.teachers import (RULE, ContextNeeds, DemonstrationCache, Demonstrations, Excluded, ModelSummarizer,
-                               SummaryCache, ToyRuleSummarizer, context_needs, demo_source, sample_demonstrations,
-                               summarize_demonstrations, teacher_message)
+                               SummaryCache, ToyRuleSummarizer, context_needs, demo_source, sample_demonstrations_of,
+                               summarize_demonstrations_of, teacher_message)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,18 @@ class ContextSettings:
     max_trials: int = 60
     max_new_tokens: int = 512  # a demonstration's length limit: the budget's response limit
     summary_max_tokens: int = 1024
-    batch: int = 20
+    batch: int = 20  # demonstrations per question and round
+    questions_per_call: int = 64  # questions sampled (or summarized) together; a stop is honoured between groups
+    # decode rows of a pre-pass call: a group's completions queue on them (continuous batching). Each row
+    # holds max_new_tokens slots of the context model's KV cache; the memory check prices the call.
+    max_rows: int = 32
+    # KV slots of the prompts that one summary call holds (each carries a whole demonstration):
+    # requests beyond it go to the next call
+    max_prefix_slots: int = 32768
+
+
+def _groups(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
 def model_hash(model_id: str) -> int:
@@ -130,12 +145,12 @@ class Contexts:
             return
         gen, s, need = pool.generator(source), self.settings, self.needs.demos[source]
         log.info("demonstrations by %s for %d questions", source, len(todo))
-        for q in todo:
-            sample_demonstrations(gen.policy, lambda u: gen.encode(u, True), gen.decode,
-                                  lambda text, q=q: self.grade(q, text), q, self.demo_key(q.qid, source),
-                                  need_correct=need.correct, need_wrong=need.wrong, temperature=s.temperature,
-                                  max_trials=s.max_trials, batch=s.batch, max_new_tokens=s.max_new_tokens,
-                                  cache=self.demo_caches[source])
+        for group in _groups(todo, s.questions_per_call):
+            items = [(q, lambda text, q=q: self.grade(q, text), self.demo_key(q.qid, source)) for q in group]
+            sample_demonstrations_of(gen.policy, lambda u: gen.encode(u, True), gen.decode, items,
+                                     need_correct=need.correct, need_wrong=need.wrong, temperature=s.temperature,
+                                     max_trials=s.max_trials, batch=s.batch, max_new_tokens=s.max_new_tokens,
+                                     cache=self.demo_caches[source], max_rows=s.max_rows)
             if stop():
                 raise Stopped(f"stopped during the demonstrations of {source}")
 
@@ -146,13 +161,15 @@ class Contexts:
                 continue
             gen = pool.generator(model)
             summarizer = ModelSummarizer(gen.policy, lambda u: gen.encode(u, False), gen.decode,
-                                         max_new_tokens=self.settings.summary_max_tokens)
+                                         max_new_tokens=self.settings.summary_max_tokens,
+                                         max_rows=self.settings.max_rows,
+                                         max_prefix_slots=self.settings.max_prefix_slots)
             log.info("summaries by %s of %s's demonstrations for %d questions", model, pair[0], len(todo))
-            for q in todo:
-                demos = self._demos(pair[0], q)
-                done = summarize_demonstrations(summarizer, q, demos, self.summary_key(q.qid, *pair),
-                                                wrong=self.needs.summaries[pair])
-                self.summary_caches[pair].save(q.qid, demos, done)
+            for group in _groups(todo, self.settings.questions_per_call):
+                items = [(q, self._demos(pair[0], q), self.summary_key(q.qid, *pair)) for q in group]
+                done = summarize_demonstrations_of(summarizer, items, wrong=self.needs.summaries[pair])
+                for (q, demos, _), summaries in zip(items, done):
+                    self.summary_caches[pair].save(q.qid, demos, summaries)
                 if stop():
                     raise Stopped(f"stopped during the summaries of {model}")
 

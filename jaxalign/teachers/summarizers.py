@@ -79,18 +79,50 @@ class ModelSummarizer:
     """
 
     def __init__(self, policy, encode: Callable[[str], Sequence[int]], decode: Callable[[Sequence[int]], str], *,
-                 max_new_tokens: int, temperature: float = 0.7):
+                 max_new_tokens: int, temperature: float = 0.7, max_rows: Optional[int] = None,
+                 max_prefix_slots: Optional[int] = None):
         self.policy, self.encode, self.decode = policy, encode, decode
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.max_new_tokens, self.temperature, self.max_rows = max_new_tokens, temperature, max_rows
+        self.max_prefix_slots = max_prefix_slots
 
     def summarize(self, question: Question, response: str, key: Optional[jax.Array] = None) -> str:
-        if key is None:
+        return self.summarize_many([(question, response, key)])[0]
+
+    def summarize_many(self, requests: Sequence[tuple[Question, str, Optional[jax.Array]]]) -> list[str]:
+        """One summary per (question, response, key), in batched calls
+        (:func:`jaxalign.policy.sample_prompts`) whose prompts hold at most ``max_prefix_slots`` KV
+        slots (:func:`prompt_groups`): each the one :meth:`summarize` gives."""
+        from jaxalign.policy import sample_prompts
+
+        if any(key is None for _, _, key in requests):
             raise ValueError("ModelSummarizer.summarize needs a key")
-        prompt = np.asarray(self.encode(summary_request(question, response)), np.int32)
-        out = self.policy.sample(prompt, [np.zeros(0, np.int32)], 1, self.max_new_tokens, self.temperature, key)
+        prompts = [np.asarray(self.encode(summary_request(q, response)), np.int32) for q, response, _ in requests]
         eos = set(self.policy.eos_token_ids)
-        text = self.decode([int(t) for t in out.tokens[0, : out.lengths[0]] if int(t) not in eos])
-        return (final_text(text) or "").strip()  # a reply cut off inside its thinking has no summary
+        texts = []
+        for group in prompt_groups([len(p) for p in prompts], self.max_prefix_slots):
+            out = sample_prompts(self.policy, [prompts[i] for i in group], 1, self.max_new_tokens, self.temperature,
+                                 [requests[i][2] for i in group], self.max_rows)
+            texts += [self.decode([int(t) for t in row[:length] if int(t) not in eos])
+                      for row, length in zip(out.tokens, out.lengths)]
+        return [(final_text(text) or "").strip() for text in texts]  # a reply cut off inside its thinking: none
+
+
+def prompt_groups(lengths: Sequence[int], max_slots: Optional[int]) -> list[list[int]]:
+    """Consecutive runs of prompt indices whose call holds at most ``max_slots`` prompt KV slots: the
+    engine pads every prompt of a call to the longest one's slots (:func:`jaxalign.engine.sampling.prefix_slots`).
+    A prompt longer than ``max_slots`` goes alone; ``None``: one group."""
+    from jaxalign.engine.sampling import prefix_slots
+
+    if max_slots is None:
+        return [list(range(len(lengths)))] if lengths else []
+    groups: list[list[int]] = []
+    for i, length in enumerate(lengths):
+        trial = groups[-1] + [i] if groups else None
+        if trial and len(trial) * prefix_slots(max(lengths[j] for j in trial)) <= max_slots:
+            groups[-1] = trial
+        else:
+            groups.append([i])
+    return groups
 
 
 def _digest(demos: Demonstrations) -> str:
@@ -124,9 +156,25 @@ def summarize_demonstrations(summarizer: Summarizer, question: Question, demos: 
 
     Keys: ``fold_in(key, 0)`` for the correct one, ``fold_in(key, 1)`` for the wrong one.
     """
-    def one(text: str, index: int) -> str:
-        return summarizer.summarize(question, text, None if key is None else jax.random.fold_in(key, index))
+    return summarize_demonstrations_of(summarizer, [(question, demos, key)], wrong=wrong)[0]
 
-    correct = tuple(one(t, 0) for t in demos.correct[:1])
-    wrongs = tuple(one(t, 1) for t in demos.wrong[:1]) if wrong else ()
-    return dataclasses.replace(demos, correct=correct, wrong=wrongs)
+
+def summarize_demonstrations_of(summarizer: Summarizer,
+                                items: Sequence[tuple[Question, Demonstrations, Optional[jax.Array]]], *,
+                                wrong: bool = True) -> list[Demonstrations]:
+    """:func:`summarize_demonstrations` of several (question, demonstrations, key) items, in one
+    batched call where the summarizer can batch (``summarize_many``: a model), else one by one."""
+    requests, owners = [], []
+    for i, (question, demos, key) in enumerate(items):
+        chosen = [(text, 0, "correct") for text in demos.correct[:1]]
+        chosen += [(text, 1, "wrong") for text in demos.wrong[:1]] if wrong else []
+        for text, index, side in chosen:
+            requests.append((question, text, None if key is None else jax.random.fold_in(key, index)))
+            owners.append((i, side))
+    many = getattr(summarizer, "summarize_many", None)
+    texts = many(requests) if many is not None and requests else [summarizer.summarize(*r) for r in requests]
+    done: list[dict[str, list[str]]] = [{"correct": [], "wrong": []} for _ in items]
+    for (i, side), text in zip(owners, texts):
+        done[i][side].append(text)
+    return [dataclasses.replace(demos, correct=tuple(d["correct"]), wrong=tuple(d["wrong"]))
+            for (_, demos, _), d in zip(items, done)]

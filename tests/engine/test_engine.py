@@ -174,6 +174,26 @@ def test_queued_completions_cross_attention_windows(params):
     np.testing.assert_array_equal(queued.tokens, plain.tokens)
 
 
+@pytest.mark.parametrize("fork", [True, False])
+def test_one_key_per_prefix_draws_what_one_call_per_prefix_draws(params, fork):
+    """The pre-pass samples many questions' demonstrations in one call, each under its own key."""
+    prefixes, counts = _prefixes([4, 17, 2], seed=21), [5, 3, 6]
+    keys = jnp.stack([jax.random.key(s) for s in (7, 8, 9)])
+    kwargs = dict(max_new_tokens=12, eos_ids=EOS, fork=fork, max_rows=4)
+    together = sample(params, CFG, prefixes, counts, key=keys, **kwargs)
+    rows = np.cumsum([0] + counts)
+    for p, (prefix, count) in enumerate(zip(prefixes, counts)):
+        alone = sample(params, CFG, [prefix], count, key=keys[p], **kwargs)
+        np.testing.assert_array_equal(together.tokens[rows[p]:rows[p + 1]], alone.tokens)
+        np.testing.assert_array_equal(together.lengths[rows[p]:rows[p + 1]], alone.lengths)
+    shared = sample(params, CFG, prefixes, counts, key=keys[0], **kwargs)
+    assert not np.array_equal(shared.tokens[rows[1]:], together.tokens[rows[1]:])
+    with pytest.raises(ConfigError, match="one key, or one per prefix"):
+        sample(params, CFG, prefixes, counts, key=keys[:2], **kwargs)
+    with pytest.raises(ConfigError, match="row_offset=3 with one key per prefix"):
+        sample(params, CFG, prefixes, counts, key=keys, row_offset=3, **kwargs)
+
+
 def test_a_row_does_not_depend_on_padding_or_neighbours(params):
     a, long_neighbour = _prefixes([3, 40], seed=5)
     key = jax.random.key(9)

@@ -120,7 +120,8 @@ def sharded(params, mesh, data) -> dict[str, np.ndarray]:
     prefixes, forks = BUCKETS["prefixes"], BUCKETS["forks"]
     compiled = sampling._sample_forked.lower(
         params, CFG, np.zeros((prefixes, BUCKETS["prefix_len"]), np.int32), np.zeros(prefixes, np.int32),
-        np.zeros((prefixes, forks), np.int32), np.zeros((prefixes, forks), bool), jax.random.key(0),
+        np.zeros((prefixes, forks), np.int32), np.zeros((prefixes, forks), bool),
+        jnp.broadcast_to(jax.random.key(0), (prefixes,)),
         jnp.float32(1.0), jnp.int32(MAX_NEW), max_new=BUCKETS["max_new"], eos_ids=CFG.eos_token_ids, greedy=False,
         mesh=mesh, rules=rules,
     ).compile()
