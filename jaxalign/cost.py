@@ -245,7 +245,7 @@ def context_uses(cfg, student: ModelUse, teachers: Sequence[TeacherUse]) -> tupl
         mesh = mesh_setting(cfg, model_id)[1]
         out.append(ContextUse(known.get(model_id) or model_shape(model_id, cfg.student.dtype, cfg.model_root),
                               w["rounds"], min(settings.batch, cfg.demo_trials), w["summaries"], group,
-                              settings.max_rows, max(1, settings.max_prefix_slots // summary_slots),
+                              settings.max_rows, _floor_pow2(max(1, settings.max_prefix_slots // summary_slots)),
                               (max(mesh.data, 1), mesh.model)))
     return tuple(out)
 
@@ -478,6 +478,16 @@ def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, 
             Work(phase, "project", model, calls * steps, (rows * chunk,))]
 
 
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _floor_pow2(n: int) -> int:
+    """The largest power of two <= n (n >= 1)."""
+    return 1 << (n.bit_length() - 1)
+
+
 def _decode_attention(cfg, kv_heads: int, model_axis: Optional[int] = None) -> str:
     """The sampler's attention as the job runs it: ragged unless the model axis of the sampling
     model's mesh (default: the student's) does not divide its ``kv_heads`` (then the kernel cannot
@@ -546,13 +556,14 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     context_calls = []
     for c in models.context:
         summary_limit = cfg.summary_max_tokens
-        data = c.mesh[0]
+        data = c.mesh[0]  # FlaxPolicy.sample_prompts pads a call's prompts to a power of two
         mine = [call for _ in range(c.demo_rounds)
-                for call in sampler_calls([c.demo_batch] * c.group, prompt, cap, longest, c.rows, m, data)]
+                for call in sampler_calls([c.demo_batch] * _pow2(c.group), prompt, cap, longest, c.rows, m, data)]
         summaries = c.summaries * c.group
         for first in range(0, summaries, c.summaries_per_call):
-            mine += sampler_calls([1] * min(c.summaries_per_call, summaries - first), prompt + m + SUMMARY_PROMPT_TOKENS,
-                                  summary_limit, summary_limit, c.rows, summary_limit, data)
+            count = _pow2(min(c.summaries_per_call, summaries - first))
+            mine += sampler_calls([1] * count, prompt + m + SUMMARY_PROMPT_TOKENS, summary_limit, summary_limit,
+                                  c.rows, summary_limit, data)
         attention = decode_attention_given or _decode_attention(cfg, c.model.shape.kv_heads, c.mesh[1])
         work += _sampling_work("prepass", c.model, mine, attention, share=1 / c.group)
         context_calls += [(c.model.id, call) for call in mine]

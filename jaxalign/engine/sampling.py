@@ -139,7 +139,8 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
     """The forked layout with a completion queue per prefix.
 
     prefix_tokens: [P, Lp] left-padded; prefix_start: [P] int32; row_ids, row_valid: [P, C]: prefix
-    p's completions are its first sum(row_valid[p]) columns, drawn with ``keys`` [P] (one per prefix).
+    p's completions are its first sum(row_valid[p]) columns, drawn with ``keys`` [P] (one per prefix),
+    or one key [] for all.
     ``slots`` (static, default C): decode rows per prefix. With fewer slots than completions, a row
     whose completion ends takes the next one of its prefix at the next step (continuous batching):
     the call runs for about C / slots completion lengths, not until the longest of C rows, and no
@@ -160,6 +161,7 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
     prefix_of = jnp.repeat(jnp.arange(num_prefixes, dtype=jnp.int32), per_prefix)  # [rows]
     first_hidden = hidden[:, -1][prefix_of]  # [rows, D]: every completion's first token is drawn from it
     base = jnp.repeat(shared.length, per_prefix)  # [rows] RoPE position of suffix slot 0
+    keys = jnp.broadcast_to(keys, (num_prefixes,))  # traced: a shared key costs no eager op per call shape
     job_keys = _row_keys(jnp.repeat(keys, columns, axis=0), row_ids.reshape(-1))  # [P * C]
     count = jnp.sum(row_valid, axis=1, dtype=jnp.int32)  # [P]
     eos = jnp.asarray(eos_ids, jnp.int32)
@@ -202,13 +204,15 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules"))
 def _sample_plain(params, cfg, tokens, start, row_ids, row_valid, keys, temperature, limit, *,
                   max_new, eos_ids, greedy, mesh=None, rules=None):
-    """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid, keys: [B]."""
+    """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid: [B]; keys:
+    [B], or one key [] for all."""
     COMPILES["plain"] += 1
     rows, length = tokens.shape
     pin = _pinner(mesh, rules)
     cache = pin(init_cache(cfg, rows, length + max_new, params.dtype, start), cache_axes(cfg))
     positions = jnp.maximum(jnp.arange(length)[None, :] - start[:, None], 0)
     hidden, cache = forward_hidden(params, cfg, tokens, positions, cache)
+    keys = jnp.broadcast_to(keys, (rows,))
     return _decode(params, cfg, logits_from_hidden(params, hidden[:, -1]), _row_keys(keys, row_ids), row_valid,
                    cache, length - start, temperature, limit, max_new=max_new, eos_ids=eos_ids, greedy=greedy,
                    pin=pin)
@@ -325,8 +329,9 @@ def sample(
                 ids[i, :c] = first_draw[p] + first + np.arange(c)
                 where[i, :c] = first_out[p] + first + np.arange(c)
                 valid[i, :c] = True
-            out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, keys[np.asarray(owners)], *dynamics,
-                                          slots=slots, **statics)
+            call_keys = keys[np.asarray(owners)] if own_keys else keys
+            out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, call_keys, *dynamics, slots=slots,
+                                          **statics)
         else:
             rows = bucket(len(chunk), min_rows)
             owners = [p for p, _ in chunk] + [chunk[0][0]] * (rows - len(chunk))
@@ -336,8 +341,8 @@ def sample(
             where = np.zeros(rows, np.int64)
             where[: len(chunk)] = [first_out[p] + j for p, j in chunk]
             valid = np.arange(rows) < len(chunk)
-            out, lengths = _sample_plain(params, cfg, tok, start, ids, valid, keys[np.asarray(owners)], *dynamics,
-                                         **statics)
+            call_keys = keys[np.asarray(owners)] if own_keys else keys
+            out, lengths = _sample_plain(params, cfg, tok, start, ids, valid, call_keys, *dynamics, **statics)
         out, lengths = np.asarray(out).reshape(-1, max_new), np.asarray(lengths).reshape(-1)
         chosen = np.asarray(valid).reshape(-1)
         rows_out = where.reshape(-1)[chosen]
@@ -347,12 +352,12 @@ def sample(
 
 
 def _prefix_keys(key: jax.Array, num_prefixes: int) -> tuple[jax.Array, bool]:
-    """([num_prefixes] typed keys, whether each prefix has its own). ``key``: one key (typed, or a
-    raw uint32 [2] key), or a typed [num_prefixes] key array."""
+    """(the typed key, or [num_prefixes] typed keys; whether each prefix has its own). ``key``: one
+    key (typed, or a raw uint32 [2] key), or a typed [num_prefixes] key array."""
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     if key.ndim == 0:
-        return jnp.broadcast_to(key, (num_prefixes,)), False
+        return key, False
     if key.shape != (num_prefixes,):
         raise ConfigError(f"key: one key, or one per prefix ({num_prefixes}); got keys of shape {key.shape}")
     return key, True

@@ -273,7 +273,7 @@ class JobModels:
     def caches(self, cfg: C.RunConf, prompt_tokens: int) -> dict[str, CacheUse]:
         """Each phase's largest KV cache on one device (see the module docstring), by phase name."""
         from jaxalign import cost
-        from jaxalign.engine.sampling import prefix_slots
+        from jaxalign.engine.sampling import bucket, prefix_slots
         from jaxalign.teachers import FORMATS, context_needs
         from jaxalign.teachers.prepass import ContextSettings
 
@@ -314,12 +314,13 @@ class JobModels:
             found = []
             for spec in phases[PRE_PASS]:
                 if spec.id in writes_demos:  # a round of demonstrations: batch of each question in a group
-                    found.append(widest(spec, [settings.batch] * group, prompt_tokens, cap,
-                                        f"{writer_mesh(spec.id)}.data"))
+                    found.append(widest(spec, [settings.batch] * bucket(group), prompt_tokens, cap,
+                                        f"{writer_mesh(spec.id)}.data"))  # prompts padded to a power of two
                 if "summaries" in spec.roles:  # a correct and a wrong summary of each question in a group
                     prompt = prompt_tokens + cap + cost.SUMMARY_PROMPT_TOKENS
-                    per_call = max(1, settings.max_prefix_slots // prefix_slots(prompt))
-                    found.append(widest(spec, [1] * min(2 * group, per_call), prompt, cfg.summary_max_tokens,
+                    fit = max(1, settings.max_prefix_slots // prefix_slots(prompt))  # as summarizers.prompt_groups
+                    per_call = min(bucket(2 * group), 1 << (fit.bit_length() - 1))
+                    found.append(widest(spec, [1] * per_call, prompt, cfg.summary_max_tokens,
                                         f"{writer_mesh(spec.id)}.data"))
             if found:
                 out[PRE_PASS] = max(found, key=lambda c: c.nbytes)

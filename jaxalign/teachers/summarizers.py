@@ -109,16 +109,17 @@ class ModelSummarizer:
 
 def prompt_groups(lengths: Sequence[int], max_slots: Optional[int]) -> list[list[int]]:
     """Consecutive runs of prompt indices whose call holds at most ``max_slots`` prompt KV slots: the
-    engine pads every prompt of a call to the longest one's slots (:func:`jaxalign.engine.sampling.prefix_slots`).
-    A prompt longer than ``max_slots`` goes alone; ``None``: one group."""
-    from jaxalign.engine.sampling import prefix_slots
+    engine pads every prompt of a call to the longest one's slots (:func:`jaxalign.engine.sampling.prefix_slots`),
+    and FlaxPolicy.sample_prompts their number to a power of two. A prompt longer than ``max_slots``
+    goes alone; ``None``: one group."""
+    from jaxalign.engine.sampling import bucket, prefix_slots
 
     if max_slots is None:
         return [list(range(len(lengths)))] if lengths else []
     groups: list[list[int]] = []
     for i, length in enumerate(lengths):
         trial = groups[-1] + [i] if groups else None
-        if trial and len(trial) * prefix_slots(max(lengths[j] for j in trial)) <= max_slots:
+        if trial and bucket(len(trial)) * prefix_slots(max(lengths[j] for j in trial)) <= max_slots:
             groups[-1] = trial
         else:
             groups.append([i])
