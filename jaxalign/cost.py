@@ -42,6 +42,7 @@ from typing import Iterable, Optional, Sequence
 
 from jaxalign import calibrate as cal
 from jaxalign.calibrate import Shape
+from jaxalign.engine.sampling import padded_prompts
 from jaxalign.engine.scoring import DEFAULT_PREFILL_CHUNK, DEFAULT_SCORE_CHUNK as SCORE_CHUNK_POSITIONS, scored_rows_layout
 from jaxalign.enrich import depth_windows
 from jaxalign.errors import ConfigError, JaxalignError, run_cli
@@ -108,10 +109,10 @@ class TeacherUse:
 @dataclasses.dataclass(frozen=True)
 class ContextUse:
     """A model's work in the context pre-pass (:mod:`jaxalign.teachers.prepass`): ``group``
-    questions at a time, ``demo_rounds`` rounds of one sampler call with ``demo_batch``
-    demonstrations of each question, and one call with ``summaries`` summaries of each, queued on
-    ``rows`` decode rows (split over the ``data`` axis of the model's ``mesh``), with at most
-    ``summaries_per_call`` summaries in a call (their prompts each hold a demonstration). Upper
+    questions at a time: ``demo_rounds`` rounds of ``demo_batch`` demonstrations of each question
+    (one engine ``sample`` per round), and ``summaries`` summaries of each, at most
+    ``summaries_per_call`` in a call (their prompts each hold a demonstration); completions queue
+    on ``rows`` decode rows (split over the ``data`` axis of the model's ``mesh``). Upper
     bounds: every trial of ``demo_trials`` is counted, though the pre-pass stops once it has the
     demonstrations the teachers need."""
 
@@ -245,7 +246,7 @@ def context_uses(cfg, student: ModelUse, teachers: Sequence[TeacherUse]) -> tupl
         mesh = mesh_setting(cfg, model_id)[1]
         out.append(ContextUse(known.get(model_id) or model_shape(model_id, cfg.student.dtype, cfg.model_root),
                               w["rounds"], min(settings.batch, cfg.demo_trials), w["summaries"], group,
-                              settings.max_rows, _floor_pow2(max(1, settings.max_prefix_slots // summary_slots)),
+                              settings.max_rows, _summaries_per_call(settings.max_prefix_slots // summary_slots),
                               (max(mesh.data, 1), mesh.model)))
     return tuple(out)
 
@@ -478,14 +479,18 @@ def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, 
             Work(phase, "project", model, calls * steps, (rows * chunk,))]
 
 
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n."""
-    return 1 << max(n - 1, 0).bit_length()
+def _shape_counts(compiled: Sequence[tuple[str, ModelUse, int]]) -> dict[str, int]:
+    """{"KERNEL MODEL": distinct compiled shapes}, a model's main-phase and pre-pass samplers added up."""
+    out: dict[str, int] = {}
+    for kind, model, n in compiled:
+        out[f"{kind} {model.id}"] = out.get(f"{kind} {model.id}", 0) + n
+    return out
 
 
-def _floor_pow2(n: int) -> int:
-    """The largest power of two <= n (n >= 1)."""
-    return 1 << (n.bit_length() - 1)
+def _summaries_per_call(fit: int) -> int:
+    """The most summary prompts a call takes when ``fit`` of them fit its prompt slots, as
+    :func:`jaxalign.teachers.summarizers.prompt_groups` forms them (padded counts included)."""
+    return max([n for n in range(1, max(fit, 1) + 1) if padded_prompts(n) <= max(fit, 1)])
 
 
 def _decode_attention(cfg, kv_heads: int, model_axis: Optional[int] = None) -> str:
@@ -556,12 +561,13 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     context_calls = []
     for c in models.context:
         summary_limit = cfg.summary_max_tokens
-        data = c.mesh[0]  # FlaxPolicy.sample_prompts pads a call's prompts to a power of two
+        data = c.mesh[0]  # FlaxPolicy.sample_prompts pads a call's prompts (padded_prompts)
         mine = [call for _ in range(c.demo_rounds)
-                for call in sampler_calls([c.demo_batch] * _pow2(c.group), prompt, cap, longest, c.rows, m, data)]
+                for call in sampler_calls([c.demo_batch] * padded_prompts(c.group), prompt, cap, longest, c.rows, m,
+                                          data)]
         summaries = c.summaries * c.group
         for first in range(0, summaries, c.summaries_per_call):
-            count = _pow2(min(c.summaries_per_call, summaries - first))
+            count = padded_prompts(min(c.summaries_per_call, summaries - first))
             mine += sampler_calls([1] * count, prompt + m + SUMMARY_PROMPT_TOKENS, summary_limit, summary_limit,
                                   c.rows, summary_limit, data)
         attention = decode_attention_given or _decode_attention(cfg, c.model.shape.kv_heads, c.mesh[1])
@@ -578,10 +584,11 @@ def compile_work(plan: QuestionPlan, models: RunModels, lengths: Lengths) -> lis
     def shape(c: SamplerCall) -> tuple:
         return c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots
 
-    samplers = {models.student.id: (models.student, {shape(c) for c in plan.calls})}
+    # the pre-pass's calls take one key per prompt, the main phase's one key: separate executables
+    samplers = {(models.student.id, "main"): (models.student, {shape(c) for c in plan.calls})}
     by_id = {c.model.id: c.model for c in models.context}
     for model_id, call in plan.context_calls:
-        samplers.setdefault(model_id, (by_id[model_id], set()))[1].add(shape(call))
+        samplers.setdefault((model_id, "prepass"), (by_id[model_id], set()))[1].add(shape(call))
     out = [("decode", model, len(shapes)) for model, shapes in samplers.values()]
     prompts: dict[str, tuple[ModelUse, set]] = {}
     for model, extra in [(models.student, 0)] + [(t.model, t.demonstrations) for t in models.teachers]:
@@ -752,25 +759,25 @@ def memory(plan: QuestionPlan, models: RunModels, lengths: Lengths, device_bytes
 
 def prepass_memory(plan: QuestionPlan, models: RunModels, meshes: Optional[dict] = None) -> Optional[dict]:
     """The context pre-pass's peak on one device, as the job checks it (:mod:`jaxalign.pipeline.models`):
-    the student's share of the weights, the largest context-only model's share (context models are
-    loaded one at a time), and the largest KV cache of a pre-pass call (:func:`call_bytes` of
-    ``plan.context_calls`` on the writing model's mesh). None without context-only models."""
-    main = {m.id for m in models.distinct()}
-    context_only = [c for c in models.context if c.model.id not in main]
-    if not context_only:
+    the student's share of the weights, the largest share of another model that writes
+    demonstrations or summaries (they are loaded one at a time), and the largest KV cache of a
+    pre-pass call (:func:`call_bytes` of ``plan.context_calls`` on the writing model's mesh). None
+    when the pre-pass has no work."""
+    if not models.context:
         return None
     student_mesh = (meshes or {}).get(models.student.id, (1, 1))
+    others = [c for c in models.context if c.model.id != models.student.id]
     placed = {models.student.id: (models.student.shape, student_mesh),
-              **{c.model.id: (c.model.shape, c.mesh) for c in context_only}}
-    largest = max(context_only, key=lambda c: weight_bytes_per_device(c.model.shape, c.mesh[1]))
-    weights = (weight_bytes_per_device(models.student.shape, student_mesh[1])
-               + weight_bytes_per_device(largest.model.shape, largest.mesh[1]))
+              **{c.model.id: (c.model.shape, c.mesh) for c in others}}
+    largest = max(others, key=lambda c: weight_bytes_per_device(c.model.shape, c.mesh[1]), default=None)
+    weights = weight_bytes_per_device(models.student.shape, student_mesh[1]) + (
+        0 if largest is None else weight_bytes_per_device(largest.model.shape, largest.mesh[1]))
     caches = [(call_bytes(placed[model_id][0], call, *placed[model_id][1]), model_id, call)
               for model_id, call in plan.context_calls if model_id in placed]
     cache, model_id, call = max(caches, key=lambda c: c[0])
     return {"peak_gb": (weights + cache) / 1e9, "weights_per_device_gb": weights / 1e9, "kv_cache_gb": cache / 1e9,
             "kv_cache": f"{model_id}: {call.rows} rows x {call.new_slots} slots + {call.prefixes} prefixes x "
-                        f"{call.prefix_slots} slots", "context_model": largest.model.id}
+                        f"{call.prefix_slots} slots", "context_model": None if largest is None else largest.model.id}
 
 
 # ----------------------------------------------------------------------------- the forecast
@@ -858,7 +865,7 @@ def forecast(cfg, calibration: cal.Calibration, *, models: Optional[RunModels] =
         "rollouts_per_question": per_question, "targeted_rollouts_per_question": plan.targeted_rollouts,
         "tokens_per_question": plan.tokens, "rollouts": questions * per_question, "tokens": questions * plan.tokens,
         **hours(None),
-        "compiled_shapes": {f"{kind} {m.id}": n for kind, m, n in compiled},
+        "compiled_shapes": _shape_counts(compiled),
         "prepass": {"models": {c.model.id: {"demonstrations": c.demo_rounds * c.demo_batch, "summaries": c.summaries,
                                             "questions_per_call": c.group} for c in models.context},
                     "note": "per question, upper bounds: every trial of demo_trials and summaries at "

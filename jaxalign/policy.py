@@ -71,9 +71,10 @@ def sample_prompts(policy: Policy, prompts: Sequence[np.ndarray], n: int, max_ne
                    keys: Sequence[jax.Array], max_rows: Optional[int] = None) -> SampleBatch:
     """``n`` completions of each of several prompts, prompt i's under ``keys[i]``: what
     ``policy.sample(prompts[i], [[]], n, max_new_tokens, temperature, keys[i])`` draws, one prompt
-    after the other in the rows. A policy with a ``sample_prompts`` method (FlaxPolicy) does it in
-    one batched call, which reads the weights once per step for every prompt, on at most
-    ``max_rows`` decode rows (default: the policy's own limit); others, one call each.
+    after the other in the rows. A policy with a ``sample_prompts`` method (FlaxPolicy) batches the
+    prompts into one engine ``sample`` (calls of several prompts each, on at most ``max_rows`` decode
+    rows; default: the policy's own limit), so each decode step reads the weights once for several
+    prompts; others make one call per prompt.
     Rows' ``prefix_index`` is the prompt's index."""
     if hasattr(policy, "sample_prompts"):
         return policy.sample_prompts(prompts, n, max_new_tokens, temperature, keys, max_rows)

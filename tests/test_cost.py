@@ -265,6 +265,15 @@ def test_the_prepass_peak_counts_in_the_gpus_per_job():
     assert mem["peak_gb"] * 1e9 < cost.WEIGHT_SHARE * 80e9 < mem["prepass"]["peak_gb"] * 1e9
     assert mem["gpus_per_job"] == 2
     assert "prepass" not in cost.memory(plan, dataclasses.replace(models, context=()), lengths, 80e9)
+    # the student writing its own demonstrations is a pre-pass too: its weights and its call's cache
+    own = paper_cfg("dataset=mmlu", "budget=smoke", *[f"~teachers.{n}" for n in (
+        "SELF-1C-32B", "SELF-SUM-1C", "SELF-SUM-1C1W", "Qwen3-4B", "Qwen3-8B", "Qwen3-14B")])
+    own_models = cost.run_models(own)
+    own_plan = cost.question_plan(own, own_models, cost.trace_lengths(own))
+    prepass = cost.memory(own_plan, own_models, cost.trace_lengths(own), 80e9)["prepass"]
+    student_cache = max(cost.call_bytes(student, c) for _, c in own_plan.context_calls)
+    assert prepass["context_model"] is None
+    assert prepass["peak_gb"] == pytest.approx((student.weight_bytes + student_cache) / 1e9)
 
 
 def test_the_context_prepass_is_priced_per_model():
@@ -312,8 +321,12 @@ def test_the_context_prepass_is_priced_per_model():
     assert f["prepass"]["models"] == {
         "Qwen/Qwen3-0.6B": {"demonstrations": 60, "summaries": 0, "questions_per_call": 64},
         "Qwen/Qwen3-32B": {"demonstrations": 60, "summaries": 2, "questions_per_call": 64}}
-    assert f["compiled_shapes"]["decode Qwen/Qwen3-32B"] == len({(c.prefixes, c.per_prefix, c.new_slots)
-                                                                for c in demo + summary})
+    def shapes(calls):
+        return {(c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots) for c in calls}
+
+    assert f["compiled_shapes"]["decode Qwen/Qwen3-32B"] == len(shapes(demo + summary))
+    # the student's pre-pass calls take one key per prompt: compiled apart from its main-phase calls
+    assert f["compiled_shapes"]["decode Qwen/Qwen3-0.6B"] == len(shapes(plan.calls)) + len(shapes(demo))
     assert "pre-pass" not in f["not_priced"]
     # a shard's questions are grouped; fewer trials, fewer rounds; external teachers only, no pre-pass
     assert {u.group for u in cost.run_models(paper_cfg("dataset.num_questions=500", "shard.count=50")).context} == {10}

@@ -194,6 +194,23 @@ def test_the_pre_pass_counts_the_context_models_sampler():
     assert cache.nbytes == kv + 3 * 32 * teacher_cfg.vocab_size * 4 + 64 * 64 * 4
 
 
+def test_the_students_own_demonstrations_are_a_pre_pass_peak():
+    """Without any context-only model the student still samples its demonstrations before Phase 1:
+    the pre-pass is checked with the student alone and the call of its demonstrations."""
+    from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
+    from jaxalign.pipeline.models import PRE_PASS, JobModels
+
+    cfg = C.from_omegaconf(composed(*RUN, "~teachers.toy-teacher"))  # SELF-1C, by the student
+    task = load_task(cfg)
+    prompts = [q.user for q in select_questions(task, cfg.dataset)]
+    models = JobModels(cfg, model_roles(cfg), cfg.student.path, prompts, task.system)
+    assert [s.id for s in models.phases()[PRE_PASS]] == ["toy:student"]
+    cache = models.caches(cfg, models.prompt_tokens(prompts, task.system))[PRE_PASS]
+    assert (cache.model, cache.size) == ("toy:student", "32 rows x 64 slots + 2 prefixes x 128 slots")
+    toy_only = C.from_omegaconf(composed(*RUN, "~teachers.SELF-1C"))  # the external toy teacher alone
+    assert PRE_PASS not in JobModels(toy_only, model_roles(toy_only), toy_only.student.path).phases()
+
+
 def test_minillm_scoring_is_priced_as_its_arrays():
     """With minillm_mc, each model scores the stored rollouts in batches (engine.scoring.token_logprobs):
     the toy teacher's batch (16 rollouts of up to 64 tokens after a 64-slot prompt) is the largest

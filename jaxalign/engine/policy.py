@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxalign.engine.sampling import bucket, sample
+from jaxalign.engine.sampling import padded_prompts, sample
 from jaxalign.engine.scoring import (DEFAULT_PREFILL_CHUNK, chunk_logprobs, path_hidden, response_logprobs,
                                      token_logprobs)
 from jaxalign.models.config import Qwen3Config
@@ -39,15 +39,16 @@ class FlaxPolicy:
 
     def sample_prompts(self, prompts: Sequence[np.ndarray], n: int, max_new_tokens: int, temperature: float,
                        keys: Sequence[jax.Array], max_rows: Optional[int] = None) -> SampleBatch:
-        """``n`` completions of each prompt, prompt i's under keys[i], in one batched call on at most
-        ``max_rows`` decode rows (default: this policy's) (:func:`jaxalign.policy.sample_prompts`).
+        """``n`` completions of each prompt, prompt i's under keys[i], batched in one :func:`sample` on
+        at most ``max_rows`` decode rows (default: this policy's) (:func:`jaxalign.policy.sample_prompts`).
 
-        The prompts are padded to a power of two with copies of the first (their rows are dropped):
-        the pre-pass's later rounds carry however many questions still need demonstrations, and
-        without padding each new count would compile a new sampler shape.
+        Up to 8 prompts are padded to a power of two with copies of the first (their rows are
+        dropped, :func:`~jaxalign.engine.sampling.padded_prompts`): the pre-pass's later rounds carry
+        however many questions still need demonstrations, and each new count would otherwise compile
+        a new sampler shape.
         """
         prompts, keys = list(prompts), list(keys)
-        padding = bucket(len(prompts)) - len(prompts)
+        padding = padded_prompts(len(prompts)) - len(prompts)
         batch = sample(self.params, self.cfg, [np.asarray(p, np.int32).ravel() for p in prompts + prompts[:1] * padding],
                        n, max_new_tokens=max_new_tokens, key=jnp.stack(keys + keys[:1] * padding),
                        eos_ids=self.eos_token_ids, temperature=temperature, fork=self.fork,

@@ -63,6 +63,14 @@ def bucket(n: int, minimum: int = 1) -> int:
     return 1 << max(int(math.ceil(math.log2(max(n, minimum, 1)))), 0)
 
 
+def padded_prompts(n: int) -> int:
+    """How many prompts :meth:`jaxalign.engine.policy.FlaxPolicy.sample_prompts` sends for ``n``: up
+    to 8, the next power of two (copies of the first, their rows dropped), since :func:`coarse_bucket`
+    keeps each count up to 8 as its own compiled shape; above 8, ``n`` (the engine's chunks and
+    buckets bound the shapes there, and copies would be real work)."""
+    return bucket(n) if n <= 8 else n
+
+
 def coarse_bucket(n: int) -> int:
     """The smallest m >= n with at most three significant bits: 1..8, 10, 12, 14, 16, 20, 24, 28, 32, ..."""
     n = max(int(n), 1)

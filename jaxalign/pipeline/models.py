@@ -19,8 +19,9 @@ memory. The peak is on the first device, which every mesh includes: each residen
 its weights on its mesh, plus the phase's largest KV cache on one device. The main phase's caches
 are priced by :func:`jaxalign.cost.model_memory` (the student's widest sampler call at
 ``budget.max_response_tokens`` and the job's longest prompt; every model's longest scored path),
-the pre-pass's by :func:`jaxalign.cost.sampler_cache_bytes` (demonstrations, ``batch`` rows at a
-time; a summary, one row after up to two demonstrations). The device memory
+the pre-pass's by :func:`jaxalign.cost.call_bytes` of each writer's widest call (a round of
+demonstrations for a group of questions, queued on ``ContextSettings.max_rows`` rows; a call of
+summaries, whose prompts each carry a demonstration). The device memory
 is ``device_memory_gb`` if set, else ``jax.devices()[0].memory_stats()["bytes_limit"]``; a device
 without memory stats (the CPU) is not checked unless ``device_memory_gb`` is set.
 
@@ -151,7 +152,7 @@ def check_fits(phases: Mapping[str, list[ModelSpec]], limit: Optional[int], wher
         cache = (caches or {}).get(phase)
         if cache is None or need + cache.nbytes <= WEIGHT_SHARE * limit:
             continue
-        if cache.kind == "sampler" and phase == PRE_PASS:  # a fixed batch of demonstrations, or one summary row
+        if cache.kind == "sampler" and phase == PRE_PASS:  # the pre-pass's rows are fixed (ContextSettings)
             fewer = f"a data axis that splits the rows ({cache.data_axis}), " if cache.data_axis else ""
         elif cache.kind == "sampler":
             half = max(1, min(batch_rollouts or cache.rows, cache.rows) // 2)
@@ -221,12 +222,16 @@ class JobModels:
         from jaxalign.models import load_config, load_tokenizer
         from jaxalign.models.loading import resolve_model_dir
         from jaxalign.models.tokenizer import check_same_tokenizer
+        from jaxalign.teachers import RULE, context_needs
 
         self.dtype = jnp.bfloat16 if cfg.student.dtype == "bfloat16" else jnp.float32
         self.student = student
         self.questions = len(prompts)  # the job's (0: not given)
         self.meshes = job_meshes(cfg, list(roles))
         self.decode_attention = cfg.decode_attention
+        needs = context_needs(cfg.teachers, cfg.student.path)
+        # the models that write demonstrations or summaries in the pre-pass (a rule summarizer is no model)
+        self.prepass_writers = (set(needs.demos) | {s for _, s in needs.summaries}) - {RULE}
         self._meshes: dict = {}
         self._loaded: dict = {}
         self.specs: dict[str, ModelSpec] = {}
@@ -273,7 +278,7 @@ class JobModels:
     def caches(self, cfg: C.RunConf, prompt_tokens: int) -> dict[str, CacheUse]:
         """Each phase's largest KV cache on one device (see the module docstring), by phase name."""
         from jaxalign import cost
-        from jaxalign.engine.sampling import bucket, prefix_slots
+        from jaxalign.engine.sampling import padded_prompts, prefix_slots
         from jaxalign.teachers import FORMATS, context_needs
         from jaxalign.teachers.prepass import ContextSettings
 
@@ -298,7 +303,8 @@ class JobModels:
         if PRE_PASS in phases:
             settings = ContextSettings()
             group = min(settings.questions_per_call, self.questions or C.question_count(cfg))
-            writes_demos = set(context_needs(cfg.teachers, cfg.student.path).demos)
+            needs = context_needs(cfg.teachers, cfg.student.path)
+            writes_demos, summarizes = set(needs.demos), {s for _, s in needs.summaries}
 
             def writer_mesh(model_id: str) -> str:  # the setting to change for this writer's rows
                 return "context_mesh" if model_id in context_meshes(cfg) else mesh_setting(cfg, model_id)[0]
@@ -312,16 +318,17 @@ class JobModels:
                                 call.rows, hint)
 
             found = []
-            for spec in phases[PRE_PASS]:
+            for spec in (self.specs[m] for m in sorted(self.prepass_writers)):  # each writer's largest call
                 if spec.id in writes_demos:  # a round of demonstrations: batch of each question in a group
-                    found.append(widest(spec, [settings.batch] * bucket(group), prompt_tokens, cap,
-                                        f"{writer_mesh(spec.id)}.data"))  # prompts padded to a power of two
-                if "summaries" in spec.roles:  # a correct and a wrong summary of each question in a group
+                    found.append(widest(spec, [settings.batch] * padded_prompts(group), prompt_tokens, cap,
+                                        f"{writer_mesh(spec.id)}.data"))
+                if spec.id in summarizes:  # a correct and a wrong summary of each question in a group
                     prompt = prompt_tokens + cap + cost.SUMMARY_PROMPT_TOKENS
                     fit = max(1, settings.max_prefix_slots // prefix_slots(prompt))  # as summarizers.prompt_groups
-                    per_call = min(bucket(2 * group), 1 << (fit.bit_length() - 1))
-                    found.append(widest(spec, [1] * per_call, prompt, cfg.summary_max_tokens,
-                                        f"{writer_mesh(spec.id)}.data"))
+                    per_call = padded_prompts(min(2 * group, max(n for n in range(1, fit + 1)
+                                                                 if padded_prompts(n) <= fit)))
+                    # the prompts hold the demonstrations, copied to every data shard: data does not shrink them
+                    found.append(widest(spec, [1] * per_call, prompt, cfg.summary_max_tokens, None))
             if found:
                 out[PRE_PASS] = max(found, key=lambda c: c.nbytes)
         return out
@@ -331,13 +338,14 @@ class JobModels:
         return [s.id for s in self.specs.values() if s.standin]
 
     def phases(self) -> dict[str, list[ModelSpec]]:
-        """The models resident together: the pre-pass (with its largest context model) and the main phase."""
+        """The models resident together: the main phase, and the pre-pass when it has work (the
+        student with the largest other model that writes demonstrations or summaries)."""
         student = self.specs[self.student]
-        context = [s for s in self.specs.values() if s.context_only]
         main = [s for s in self.specs.values() if not s.context_only]
         out = {MAIN_PHASE: main}
-        if context:
-            out[PRE_PASS] = [student, max(context, key=lambda s: s.per_device)]
+        writers = [self.specs[m] for m in self.prepass_writers if m != self.student]
+        if writers or self.student in self.prepass_writers:
+            out[PRE_PASS] = [student] + ([max(writers, key=lambda s: s.per_device)] if writers else [])
         return out
 
     def record(self) -> list[dict]:

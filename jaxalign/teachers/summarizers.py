@@ -89,9 +89,9 @@ class ModelSummarizer:
         return self.summarize_many([(question, response, key)])[0]
 
     def summarize_many(self, requests: Sequence[tuple[Question, str, Optional[jax.Array]]]) -> list[str]:
-        """One summary per (question, response, key), in batched calls
-        (:func:`jaxalign.policy.sample_prompts`) whose prompts hold at most ``max_prefix_slots`` KV
-        slots (:func:`prompt_groups`): each the one :meth:`summarize` gives."""
+        """One summary per (question, response, key), batched (:func:`jaxalign.policy.sample_prompts`)
+        in groups whose prompts hold at most ``max_prefix_slots`` KV slots (:func:`prompt_groups`):
+        each the one :meth:`summarize` gives."""
         from jaxalign.policy import sample_prompts
 
         if any(key is None for _, _, key in requests):
@@ -110,16 +110,16 @@ class ModelSummarizer:
 def prompt_groups(lengths: Sequence[int], max_slots: Optional[int]) -> list[list[int]]:
     """Consecutive runs of prompt indices whose call holds at most ``max_slots`` prompt KV slots: the
     engine pads every prompt of a call to the longest one's slots (:func:`jaxalign.engine.sampling.prefix_slots`),
-    and FlaxPolicy.sample_prompts their number to a power of two. A prompt longer than ``max_slots``
-    goes alone; ``None``: one group."""
-    from jaxalign.engine.sampling import bucket, prefix_slots
+    and FlaxPolicy.sample_prompts pads their number (:func:`jaxalign.engine.sampling.padded_prompts`).
+    A prompt longer than ``max_slots`` goes alone; ``None``: one group."""
+    from jaxalign.engine.sampling import padded_prompts, prefix_slots
 
     if max_slots is None:
         return [list(range(len(lengths)))] if lengths else []
     groups: list[list[int]] = []
     for i, length in enumerate(lengths):
         trial = groups[-1] + [i] if groups else None
-        if trial and bucket(len(trial)) * prefix_slots(max(lengths[j] for j in trial)) <= max_slots:
+        if trial and padded_prompts(len(trial)) * prefix_slots(max(lengths[j] for j in trial)) <= max_slots:
             groups[-1] = trial
         else:
             groups.append([i])
@@ -163,8 +163,8 @@ def summarize_demonstrations(summarizer: Summarizer, question: Question, demos: 
 def summarize_demonstrations_of(summarizer: Summarizer,
                                 items: Sequence[tuple[Question, Demonstrations, Optional[jax.Array]]], *,
                                 wrong: bool = True) -> list[Demonstrations]:
-    """:func:`summarize_demonstrations` of several (question, demonstrations, key) items, in one
-    batched call where the summarizer can batch (``summarize_many``: a model), else one by one."""
+    """:func:`summarize_demonstrations` of several (question, demonstrations, key) items, batched where
+    the summarizer can batch (``summarize_many``: a model), else one by one."""
     requests, owners = [], []
     for i, (question, demos, key) in enumerate(items):
         chosen = [(text, 0, "correct") for text in demos.correct[:1]]
