@@ -224,7 +224,6 @@ def context_uses(cfg, student: ModelUse, teachers: Sequence[TeacherUse]) -> tupl
     per (source, summarizer model) and question; a job's questions grouped ``questions_per_call``
     at a time."""
     from jaxalign import config as C
-    from jaxalign.engine.sampling import prefix_slots
     from jaxalign.pipeline.models import mesh_setting
     from jaxalign.teachers import RULE, context_needs
     from jaxalign.teachers.prepass import ContextSettings
@@ -240,13 +239,13 @@ def context_uses(cfg, student: ModelUse, teachers: Sequence[TeacherUse]) -> tupl
         if summarizer != RULE:
             work.setdefault(summarizer, {"rounds": 0, "summaries": 0})["summaries"] += 1 + int(wrong)
     lengths = trace_lengths(cfg)
-    summary_slots = prefix_slots(lengths.prompt + lengths.response + SUMMARY_PROMPT_TOKENS)
+    per_call = summaries_per_call(lengths.prompt + lengths.response + SUMMARY_PROMPT_TOKENS, settings.max_prefix_slots)
     out = []
     for model_id, w in sorted(work.items()):
         mesh = mesh_setting(cfg, model_id)[1]
         out.append(ContextUse(known.get(model_id) or model_shape(model_id, cfg.student.dtype, cfg.model_root),
                               w["rounds"], min(settings.batch, cfg.demo_trials), w["summaries"], group,
-                              settings.max_rows, _summaries_per_call(settings.max_prefix_slots // summary_slots),
+                              settings.max_rows, per_call,
                               (max(mesh.data, 1), mesh.model)))
     return tuple(out)
 
@@ -487,10 +486,14 @@ def _shape_counts(compiled: Sequence[tuple[str, ModelUse, int]]) -> dict[str, in
     return out
 
 
-def _summaries_per_call(fit: int) -> int:
-    """The most summary prompts a call takes when ``fit`` of them fit its prompt slots, as
-    :func:`jaxalign.teachers.summarizers.prompt_groups` forms them (padded counts included)."""
-    return max([n for n in range(1, max(fit, 1) + 1) if padded_prompts(n) <= max(fit, 1)])
+def summaries_per_call(prompt_tokens: int, max_prefix_slots: int) -> int:
+    """The most summary prompts of ``prompt_tokens`` tokens that one call takes, as
+    :func:`jaxalign.teachers.summarizers.prompt_groups` groups them: their slots, padded count
+    (:func:`jaxalign.engine.sampling.padded_prompts`) included, within ``max_prefix_slots``."""
+    from jaxalign.engine.sampling import prefix_slots
+
+    fit = max(1, max_prefix_slots // prefix_slots(prompt_tokens))
+    return max(n for n in range(1, fit + 1) if padded_prompts(n) <= fit)
 
 
 def _decode_attention(cfg, kv_heads: int, model_axis: Optional[int] = None) -> str:

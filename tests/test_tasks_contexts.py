@@ -338,3 +338,8 @@ def test_summary_calls_hold_at_most_max_prefix_slots_of_prompts():
     assert prompt_groups([100, 200, 5000, 100, 40000, 10], 32768) == [[0, 1, 2, 3], [4], [5]]  # 4 x 8192; alone
     assert [len(g) for g in prompt_groups([100] * 300, 32768)] == [256, 44]  # 128 slots each
     assert prompt_groups([100] * 3, None) == [[0, 1, 2]] and prompt_groups([], 1024) == []
+    # the memory check and the dry run size summary calls by the same rule
+    from jaxalign.cost import summaries_per_call
+
+    for length in (100, 600, 1200, 3000, 5000, 15300, 40000):
+        assert summaries_per_call(length, 32768) == len(prompt_groups([length] * 1000, 32768)[0]), length

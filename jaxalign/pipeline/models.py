@@ -278,7 +278,7 @@ class JobModels:
     def caches(self, cfg: C.RunConf, prompt_tokens: int) -> dict[str, CacheUse]:
         """Each phase's largest KV cache on one device (see the module docstring), by phase name."""
         from jaxalign import cost
-        from jaxalign.engine.sampling import padded_prompts, prefix_slots
+        from jaxalign.engine.sampling import padded_prompts
         from jaxalign.teachers import FORMATS, context_needs
         from jaxalign.teachers.prepass import ContextSettings
 
@@ -324,9 +324,7 @@ class JobModels:
                                         f"{writer_mesh(spec.id)}.data"))
                 if spec.id in summarizes:  # a correct and a wrong summary of each question in a group
                     prompt = prompt_tokens + cap + cost.SUMMARY_PROMPT_TOKENS
-                    fit = max(1, settings.max_prefix_slots // prefix_slots(prompt))  # as summarizers.prompt_groups
-                    per_call = padded_prompts(min(2 * group, max(n for n in range(1, fit + 1)
-                                                                 if padded_prompts(n) <= fit)))
+                    per_call = padded_prompts(min(2 * group, cost.summaries_per_call(prompt, settings.max_prefix_slots)))
                     # the prompts hold the demonstrations, copied to every data shard: data does not shrink them
                     found.append(widest(spec, [1] * per_call, prompt, cfg.summary_max_tokens, None))
             if found:
