@@ -68,14 +68,14 @@ class Policy(Protocol):
 
 
 def sample_prompts(policy: Policy, prompts: Sequence[np.ndarray], n: int, max_new_tokens: int, temperature: float,
-                   keys: Sequence[jax.Array], max_rows: Optional[int] = None) -> SampleBatch:
+                   keys: "Sequence[jax.Array] | jax.Array", max_rows: Optional[int] = None) -> SampleBatch:
     """``n`` completions of each of several prompts, prompt i's under ``keys[i]``: what
     ``policy.sample(prompts[i], [[]], n, max_new_tokens, temperature, keys[i])`` draws, one prompt
     after the other in the rows. A policy with a ``sample_prompts`` method (FlaxPolicy) batches the
     prompts into one engine ``sample`` (calls of several prompts each, on at most ``max_rows`` decode
     rows; default: the policy's own limit), so each decode step reads the weights once for several
-    prompts; others make one call per prompt.
-    Rows' ``prefix_index`` is the prompt's index."""
+    prompts; others make one call per prompt. ``keys``: a sequence of keys, or a [len(prompts)]
+    typed key array. Rows' ``prefix_index`` is the prompt's index."""
     if hasattr(policy, "sample_prompts"):
         return policy.sample_prompts(prompts, n, max_new_tokens, temperature, keys, max_rows)
     empty = [np.zeros(0, np.int32)]

@@ -38,7 +38,7 @@ class FlaxPolicy:
                       max_rows=self.max_rows, mesh=self.mesh)
 
     def sample_prompts(self, prompts: Sequence[np.ndarray], n: int, max_new_tokens: int, temperature: float,
-                       keys: Sequence[jax.Array], max_rows: Optional[int] = None) -> SampleBatch:
+                       keys: "Sequence[jax.Array] | jax.Array", max_rows: Optional[int] = None) -> SampleBatch:
         """``n`` completions of each prompt, prompt i's under keys[i], batched in one :func:`sample` on
         at most ``max_rows`` decode rows (default: this policy's) (:func:`jaxalign.policy.sample_prompts`).
 
@@ -47,10 +47,13 @@ class FlaxPolicy:
         however many questions still need demonstrations, and each new count would otherwise compile
         a new sampler shape.
         """
-        prompts, keys = list(prompts), list(keys)
+        prompts = list(prompts)
+        keys = keys if isinstance(keys, jax.Array) else jnp.stack(list(keys))  # [len(prompts)] typed keys
         padding = padded_prompts(len(prompts)) - len(prompts)
+        if padding:
+            keys = jnp.concatenate([keys, jnp.repeat(keys[:1], padding)])
         batch = sample(self.params, self.cfg, [np.asarray(p, np.int32).ravel() for p in prompts + prompts[:1] * padding],
-                       n, max_new_tokens=max_new_tokens, key=jnp.stack(keys + keys[:1] * padding),
+                       n, max_new_tokens=max_new_tokens, key=keys,
                        eos_ids=self.eos_token_ids, temperature=temperature, fork=self.fork,
                        max_rows=max_rows or self.max_rows, mesh=self.mesh)
         real = len(prompts) * n

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.files import read_cache_entry, write_json
@@ -132,6 +133,7 @@ def sample_demonstrations_of(
         found = [cache.answers(q.qid, need, max_trials) for q, _, _ in items]
     todo = [i for i, f in enumerate(found) if f is None]
     prompts = {i: np.asarray(encode(items[i][0].user), np.int32) for i in todo}
+    keys = jnp.stack([key for _, _, key in items]) if todo else None  # [len(items)]: one fold_in per round, not per question
     correct: dict[int, list[str]] = {i: [] for i in todo}
     wrong: dict[int, list[str]] = {i: [] for i in todo}
     trials = 0
@@ -151,8 +153,8 @@ def sample_demonstrations_of(
         if not todo:
             return found
         n = min(batch, max_trials - trials)
-        out = sample_prompts(policy, [prompts[i] for i in todo], n, max_new_tokens, temperature,
-                             [jax.random.fold_in(items[i][2], trials) for i in todo], max_rows)
+        round_keys = jax.vmap(jax.random.fold_in, (0, None))(keys[np.asarray(todo)], trials)
+        out = sample_prompts(policy, [prompts[i] for i in todo], n, max_new_tokens, temperature, round_keys, max_rows)
         for row, length, which in zip(out.tokens, out.lengths, out.prefix_index):
             i = todo[which]
             text = decode([int(t) for t in row[:length] if int(t) not in policy.eos_token_ids])
