@@ -24,7 +24,8 @@ Jit compilation is priced too (each distinct shape once per job), and so are the
 
 The trace lengths come from the paper where it gives them (:data:`TRACES`) and are stated in
 the output. Not priced: host work (grading, tree updates, checkpoints), data loading, and a
-mesh's communication (device-hours on a mesh are one device's, as if it scaled ideally). docs/cost.md explains the model and its checks.
+mesh's communication (device-hours on a mesh are one device's, as if it scaled ideally).
+docs/cost.md explains the model and its checks.
 
 ``python -m jaxalign.cost DIR ...`` adds up the ``forecast.json`` files of a sweep's dry runs and
 prints the total as its last line: ``{"gpu_days": ..., "device": ..., "rollouts_per_question": ...}``.

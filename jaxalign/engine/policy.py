@@ -52,7 +52,8 @@ class FlaxPolicy:
         padding = padded_prompts(len(prompts)) - len(prompts)
         if padding:
             keys = jnp.concatenate([keys, jnp.repeat(keys[:1], padding)])
-        batch = sample(self.params, self.cfg, [np.asarray(p, np.int32).ravel() for p in prompts + prompts[:1] * padding],
+        padded = [np.asarray(p, np.int32).ravel() for p in prompts + prompts[:1] * padding]
+        batch = sample(self.params, self.cfg, padded,
                        n, max_new_tokens=max_new_tokens, key=keys,
                        eos_ids=self.eos_token_ids, temperature=temperature, fork=self.fork,
                        max_rows=max_rows or self.max_rows, mesh=self.mesh)

@@ -152,8 +152,8 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
     ``slots`` (static, default C): decode rows per prefix. With fewer slots than completions, a row
     whose completion ends takes the next one of its prefix at the next step (continuous batching):
     the call runs for about C / slots completion lengths, not until the longest of C rows, and no
-    row idles while its prefix has work. Each row writes its own cache slot (a per-row ``end``), and a new completion
-    masks the old one's keys out, so nothing is cleared.
+    row idles while its prefix has work. Each row writes its own cache slot (a per-row ``end``), and
+    a new completion masks the old one's keys out, so nothing is cleared.
     Returns tokens [P * C, max_new] int32 (-1 padded) and lengths [P * C] int32, EOS included.
     """
     COMPILES["forked"] += 1

@@ -324,7 +324,8 @@ class JobModels:
                                         f"{writer_mesh(spec.id)}.data"))
                 if spec.id in summarizes:  # a correct and a wrong summary of each question in a group
                     prompt = prompt_tokens + cap + cost.SUMMARY_PROMPT_TOKENS
-                    per_call = padded_prompts(min(2 * group, cost.summaries_per_call(prompt, settings.max_prefix_slots)))
+                    fit = cost.summaries_per_call(prompt, settings.max_prefix_slots)
+                    per_call = padded_prompts(min(2 * group, fit))
                     # the prompts hold the demonstrations, copied to every data shard: data does not shrink them
                     found.append(widest(spec, [1] * per_call, prompt, cfg.summary_max_tokens, None))
             if found:

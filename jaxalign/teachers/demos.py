@@ -133,7 +133,7 @@ def sample_demonstrations_of(
         found = [cache.answers(q.qid, need, max_trials) for q, _, _ in items]
     todo = [i for i, f in enumerate(found) if f is None]
     prompts = {i: np.asarray(encode(items[i][0].user), np.int32) for i in todo}
-    keys = jnp.stack([key for _, _, key in items]) if todo else None  # [len(items)]: one fold_in per round, not per question
+    keys = jnp.stack([key for _, _, key in items]) if todo else None  # [len(items)]: one fold_in per round
     correct: dict[int, list[str]] = {i: [] for i in todo}
     wrong: dict[int, list[str]] = {i: [] for i in todo}
     trials = 0
