@@ -56,10 +56,10 @@ def measure(name, batch, prompt_len, steps):
     zeros = jnp.zeros(batch, jnp.int32)
     ids = jnp.arange(batch, dtype=jnp.int32)
     valid = jnp.ones(batch, bool)
-    statics = dict(max_new=steps + 1, eos_ids=(cfg.vocab_size,), greedy=False)
+    statics = dict(max_new=steps + 1, eos_ids=(cfg.vocab_size,), greedy=False, key_impl="threefry2x32")
 
     def run(limit):
-        keys = jnp.broadcast_to(jax.random.key(1), (batch,))
+        keys = jnp.broadcast_to(jax.random.key_data(jax.random.key(1)), (batch, 2))  # raw threefry data
         out = _sample_plain(params, cfg, tokens, zeros, ids, valid, keys, jnp.float32(1.0), jnp.int32(limit),
                             **statics)
         jax.block_until_ready(out)

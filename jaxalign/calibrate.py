@@ -404,12 +404,13 @@ def probe_decode(shape: Shape, rows: int, slots: int) -> dict:
 
     params, cfg = probe_params(shape)
     prefix = jnp.ones((1, PROBE_PREFIX), jnp.int32)
-    statics = dict(max_new=slots, eos_ids=(shape.vocab,), greedy=False)  # an id never drawn: rows run to the limit
+    # an id never drawn: rows run to the limit
+    statics = dict(max_new=slots, eos_ids=(shape.vocab,), greedy=False, key_impl="threefry2x32")
     ids, valid = jnp.arange(rows, dtype=jnp.int32)[None], jnp.ones((1, rows), bool)
 
     def call(limit: int):
         return lambda: jax.block_until_ready(_sample_forked(
-            params, cfg, prefix, jnp.zeros(1, jnp.int32), ids, valid, jax.random.key(0)[None], jnp.float32(1.0),
+            params, cfg, prefix, jnp.zeros(1, jnp.int32), ids, valid, jnp.zeros((1, 2), jnp.uint32), jnp.float32(1.0),
             jnp.int32(limit), **statics))
 
     # The decode loop reads only the cache's filled power-of-two window (models.qwen3.attention_windows),

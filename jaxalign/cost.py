@@ -373,16 +373,17 @@ def mean_window(slots: int, steps: float, longest: int) -> float:
 
 
 def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest: int, max_rows: int,
-                  mean: Optional[float] = None, min_rows: int = 1) -> list[SamplerCall]:
+                  mean: Optional[float] = None, min_rows: int = 1, max_new_bound: int = 0) -> list[SamplerCall]:
     """The calls of one ``sample(prefixes, counts, max_new_tokens=limit)``, split and laid out as the
     engine does (:func:`jaxalign.engine.sampling._chunks`, :func:`~jaxalign.engine.sampling.queue_layout`).
 
     A call's busiest row runs ``rounds`` = ceil(completions / rows) of its prefix's completions back to
     back: ``(rounds - 1) x mean + longest`` steps (one row per completion: the longest, capped at the
     limit). Rollouts are ``mean`` tokens long on average. ``min_rows``: the student mesh's ``data``
-    size, which the engine rounds rows per prefix up to.
+    size, which the engine rounds rows per prefix up to. ``max_new_bound``: the policy's
+    (:class:`~jaxalign.engine.policy.FlaxPolicy`; the response limit for the student's rollouts).
     """
-    from jaxalign.engine.sampling import QUEUE_FACTOR, _chunks, bucket, prefix_slots, queue_layout
+    from jaxalign.engine.sampling import QUEUE_FACTOR, _chunks, new_slots, prefix_slots, queue_layout
 
     out = []
     longest = max(1, min(limit, longest))
@@ -391,9 +392,9 @@ def sampler_calls(counts: Sequence[int], prefix_tokens: int, limit: int, longest
         prefixes, columns, rows = queue_layout(chunk, max_rows, min_rows)
         rounds = -(-max(c for _, _, c in chunk) // rows)
         steps = int(math.ceil((rounds - 1) * mean + longest))
-        new_slots = bucket(limit, 8)
-        out.append(SamplerCall(prefixes, columns, prefix_slots(prefix_tokens), new_slots, steps,
-                               sum(c for _, _, c in chunk), mean, rows, mean_window(new_slots, steps, longest)))
+        slots = new_slots(limit, max_new_bound)
+        out.append(SamplerCall(prefixes, columns, prefix_slots(prefix_tokens), slots, steps,
+                               sum(c for _, _, c in chunk), mean, rows, mean_window(slots, steps, longest)))
     return out
 
 
@@ -480,7 +481,7 @@ def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, 
 
 
 def _shape_counts(compiled: Sequence[tuple[str, ModelUse, int]]) -> dict[str, int]:
-    """{"KERNEL MODEL": distinct compiled shapes}, a model's main-phase and pre-pass samplers added up."""
+    """{"KERNEL MODEL": distinct compiled shapes}."""
     out: dict[str, int] = {}
     for kind, model, n in compiled:
         out[f"{kind} {model.id}"] = out.get(f"{kind} {model.id}", 0) + n
@@ -528,7 +529,7 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
     tokens = float(b.num_initial * m)
     for first in range(0, b.num_initial, b.batch_rollouts):
         calls += sampler_calls([min(b.batch_rollouts, b.num_initial - first)], prompt, cap, longest, max_rows, m,
-                               data)
+                               data, cap)
 
     # Phase 1, the planner's pass: every model over the 4 paths (a self teacher with its context)
     scored = [(student, prompt)] + [(t.model, prompt + t.demonstrations * m) for t in models.teachers]
@@ -547,7 +548,7 @@ def question_plan(cfg, models: RunModels, lengths: Lengths, max_rows: Optional[i
         counts = [step] * int(math.ceil(rounds))
         for batch in _plan_batches(counts, b.batch_rollouts):
             calls += sampler_calls(batch, prompt + depth + 1, max(1, cap - depth - 1), max(1, longest - depth - 1),
-                                   max_rows, max(1, m - depth - 1), data)
+                                   max_rows, max(1, m - depth - 1), data, cap)
         targeted += pairs * per_pair
         tokens += pairs * per_pair * max(1, m - depth - 1)
     work += _sampling_work("phase1", student, calls, decode_attention)
@@ -588,11 +589,11 @@ def compile_work(plan: QuestionPlan, models: RunModels, lengths: Lengths) -> lis
     def shape(c: SamplerCall) -> tuple:
         return c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots
 
-    # the pre-pass's calls take one key per prompt, the main phase's one key: separate executables
-    samplers = {(models.student.id, "main"): (models.student, {shape(c) for c in plan.calls})}
+    # a call's keys are data (one per prefix), so the pre-pass and the main phase share executables
+    samplers = {models.student.id: (models.student, {shape(c) for c in plan.calls})}
     by_id = {c.model.id: c.model for c in models.context}
     for model_id, call in plan.context_calls:
-        samplers.setdefault((model_id, "prepass"), (by_id[model_id], set()))[1].add(shape(call))
+        samplers.setdefault(model_id, (by_id[model_id], set()))[1].add(shape(call))
     out = [("decode", model, len(shapes)) for model, shapes in samplers.values()]
     prompts: dict[str, tuple[ModelUse, set]] = {}
     for model, extra in [(models.student, 0)] + [(t.model, t.demonstrations) for t in models.teachers]:

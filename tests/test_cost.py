@@ -135,13 +135,14 @@ def test_sampler_calls_are_the_engines(monkeypatch):
         return np.ones((rows, max_new), np.int32), np.ones(rows, np.int32)
 
     monkeypatch.setattr(sampling, "_sample_forked", record)
-    for counts, prefix, limit, max_rows in [([8, 8, 8], 37, 50, 256), ([100] * 5, 120, 900, 256), ([300], 20, 64, 128),
-                                            ([25] * 9 + [3], 61, 33, 64)]:
+    for counts, prefix, limit, max_rows, bound in [([8, 8, 8], 37, 50, 256, 0), ([100] * 5, 120, 900, 256, 0),
+                                                   ([300], 20, 64, 128, 0), ([25] * 9 + [3], 61, 33, 64, 0),
+                                                   ([8, 8], 300, 40, 256, 1000)]:
         seen.clear()
         prefixes = [np.ones(prefix, np.int32)] * len(counts)
         sampling.sample(params, cfg, prefixes, counts, max_new_tokens=limit, key=jax.random.key(0), eos_ids=(0,),
-                        max_rows=max_rows, max_len=4096)
-        predicted = cost.sampler_calls(counts, prefix, limit, limit, max_rows)
+                        max_rows=max_rows, max_len=4096, max_new_bound=bound)
+        predicted = cost.sampler_calls(counts, prefix, limit, limit, max_rows, max_new_bound=bound)
         assert [(c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots) for c in predicted] == seen
 
 
@@ -325,8 +326,8 @@ def test_the_context_prepass_is_priced_per_model():
         return {(c.prefixes, c.per_prefix, c.rows_per_prefix, c.prefix_slots, c.new_slots) for c in calls}
 
     assert f["compiled_shapes"]["decode Qwen/Qwen3-32B"] == len(shapes(demo + summary))
-    # the student's pre-pass calls take one key per prompt: compiled apart from its main-phase calls
-    assert f["compiled_shapes"]["decode Qwen/Qwen3-0.6B"] == len(shapes(plan.calls)) + len(shapes(demo))
+    # the student's pre-pass and main-phase calls share the executables of the shapes they share
+    assert f["compiled_shapes"]["decode Qwen/Qwen3-0.6B"] == len(shapes(plan.calls) | shapes(demo))
     assert "pre-pass" not in f["not_priced"]
     # a shard's questions are grouped; fewer trials, fewer rounds; external teachers only, no pre-pass
     assert {u.group for u in cost.run_models(paper_cfg("dataset.num_questions=500", "shard.count=50")).context} == {10}

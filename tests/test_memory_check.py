@@ -252,3 +252,20 @@ def test_the_pre_pass_names_the_writers_own_data_axis(overrides, model, setting)
     models = JobModels(cfg, model_roles(cfg, externals=False), cfg.student.path, prompts, task.system)
     cache = models.caches(cfg, models.prompt_tokens(prompts, task.system)).get(PRE_PASS)
     assert cache is not None and (cache.model, cache.data_axis) == (model, setting)
+
+
+def test_the_students_rollouts_take_the_cache_the_check_counts():
+    """The student samples every rollout, from any depth, into a cache sized for the response limit:
+    one compiled shape for all depths, and never more than the memory check counts (64 new slots)."""
+    from jaxalign.engine.sampling import new_slots
+    from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
+    from jaxalign.pipeline.models import JobModels
+
+    cfg = C.from_omegaconf(composed(*SAMPLER))
+    task = load_task(cfg)
+    prompts = [q.user for q in select_questions(task, cfg.dataset)]
+    models = JobModels(cfg, model_roles(cfg), cfg.student.path, prompts, task.system)
+    cap = cfg.budget.max_response_tokens
+    student, teacher = models.policy("toy:student"), models.policy("toy:teacher")
+    assert (student.max_new_bound, teacher.max_new_bound) == (cap, 0)
+    assert {new_slots(cap - depth, student.max_new_bound) for depth in (0, 1, cap // 2, cap - 1)} == {64}

@@ -18,16 +18,22 @@ from jaxalign.policy import SampleBatch
 
 
 class FlaxPolicy:
-    """A Qwen3 model behind the Policy protocol. Prefixes are response tokens after ``prompt``."""
+    """A Qwen3 model behind the Policy protocol. Prefixes are response tokens after ``prompt``.
+
+    ``max_new_bound``: :meth:`sample` sizes every row's own cache for this many new tokens (at
+    least), so that its calls share one compiled shape whatever their ``max_new_tokens`` (the
+    pipeline sets it to the response limit for the student; see :func:`jaxalign.engine.sampling.sample`).
+    """
 
     def __init__(self, params: Qwen3Params, cfg: Qwen3Config, eos_token_ids: Sequence[int], *,
                  max_rows: int = 256, mesh: Optional[Mesh] = None, fork: bool = True,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, max_new_bound: int = 0):
         self.params, self.cfg = params, cfg
         self.vocab_size = cfg.vocab_size
         self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
         self.max_rows, self.mesh, self.fork = max_rows, mesh, fork
         self.prefill_chunk = prefill_chunk
+        self.max_new_bound = max_new_bound  # sample()'s: the rows' caches fit it, one shape for all limits
 
     def sample(self, prompt: np.ndarray, prefixes: Sequence[np.ndarray], n, max_new_tokens: int,
                temperature: float, key: jax.Array) -> SampleBatch:
@@ -35,7 +41,7 @@ class FlaxPolicy:
         full = [np.concatenate([prompt, np.asarray(p, np.int32).ravel()]) for p in prefixes]
         return sample(self.params, self.cfg, full, n, max_new_tokens=max_new_tokens, key=key,
                       eos_ids=self.eos_token_ids, temperature=temperature, fork=self.fork,
-                      max_rows=self.max_rows, mesh=self.mesh)
+                      max_rows=self.max_rows, mesh=self.mesh, max_new_bound=self.max_new_bound)
 
     def sample_prompts(self, prompts: Sequence[np.ndarray], n: int, max_new_tokens: int, temperature: float,
                        keys: "Sequence[jax.Array] | jax.Array", max_rows: Optional[int] = None) -> SampleBatch:

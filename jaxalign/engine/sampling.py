@@ -58,6 +58,11 @@ def prefix_slots(tokens: int) -> int:
     return bucket(tokens, PREFIX_SLOTS_MIN)
 
 
+def new_slots(max_new_tokens: int, max_new_bound: int = 0) -> int:
+    """Slots of a sampled row's own KV cache in a :func:`sample` call (a power of two, >= 8)."""
+    return bucket(max(max_new_tokens, max_new_bound), 8)
+
+
 def bucket(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= max(n, minimum)."""
     return 1 << max(int(math.ceil(math.log2(max(n, minimum, 1)))), 0)
@@ -141,14 +146,16 @@ def _pinner(mesh: Optional[Mesh], rules: Optional[ShardingRules]):
     return lambda tree, axes: constrain(tree, axes, mesh, rules)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules", "slots"))
-def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid, keys, temperature, limit, *,
-                   max_new, eos_ids, greedy, mesh=None, rules=None, slots=None):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules", "slots",
+                                             "key_impl"))
+def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid, key_data, temperature, limit, *,
+                   max_new, eos_ids, greedy, key_impl, mesh=None, rules=None, slots=None):
     """The forked layout with a completion queue per prefix.
 
     prefix_tokens: [P, Lp] left-padded; prefix_start: [P] int32; row_ids, row_valid: [P, C]: prefix
-    p's completions are its first sum(row_valid[p]) columns, drawn with ``keys`` [P] (one per prefix),
-    or one key [] for all.
+    p's completions are its first sum(row_valid[p]) columns, drawn with prefix p's key: key_data
+    [P, ...] uint32, the raw data of ``key_impl`` keys (a key shared by all prefixes comes repeated, so
+    that one compiled shape serves shared and per-prefix keys).
     ``slots`` (static, default C): decode rows per prefix. With fewer slots than completions, a row
     whose completion ends takes the next one of its prefix at the next step (continuous batching):
     the call runs for about C / slots completion lengths, not until the longest of C rows, and no
@@ -169,7 +176,7 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
     prefix_of = jnp.repeat(jnp.arange(num_prefixes, dtype=jnp.int32), per_prefix)  # [rows]
     first_hidden = hidden[:, -1][prefix_of]  # [rows, D]: every completion's first token is drawn from it
     base = jnp.repeat(shared.length, per_prefix)  # [rows] RoPE position of suffix slot 0
-    keys = jnp.broadcast_to(keys, (num_prefixes,))  # traced: a shared key costs no eager op per call shape
+    keys = jax.random.wrap_key_data(key_data, impl=key_impl)  # [P]
     job_keys = _row_keys(jnp.repeat(keys, columns, axis=0), row_ids.reshape(-1))  # [P * C]
     count = jnp.sum(row_valid, axis=1, dtype=jnp.int32)  # [P]
     eos = jnp.asarray(eos_ids, jnp.int32)
@@ -209,18 +216,18 @@ def _sample_forked(params, cfg, prefix_tokens, prefix_start, row_ids, row_valid,
     return state[5], state[6]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules"))
-def _sample_plain(params, cfg, tokens, start, row_ids, row_valid, keys, temperature, limit, *,
-                  max_new, eos_ids, greedy, mesh=None, rules=None):
-    """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid: [B]; keys:
-    [B], or one key [] for all."""
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "eos_ids", "greedy", "mesh", "rules", "key_impl"))
+def _sample_plain(params, cfg, tokens, start, row_ids, row_valid, key_data, temperature, limit, *,
+                  max_new, eos_ids, greedy, key_impl, mesh=None, rules=None):
+    """tokens: [B, L] left-padded full prefixes (one copy per row); start, row_ids, row_valid: [B];
+    key_data: [B, ...] uint32, each row's prefix's key (raw ``key_impl`` data)."""
     COMPILES["plain"] += 1
     rows, length = tokens.shape
     pin = _pinner(mesh, rules)
     cache = pin(init_cache(cfg, rows, length + max_new, params.dtype, start), cache_axes(cfg))
     positions = jnp.maximum(jnp.arange(length)[None, :] - start[:, None], 0)
     hidden, cache = forward_hidden(params, cfg, tokens, positions, cache)
-    keys = jnp.broadcast_to(keys, (rows,))
+    keys = jax.random.wrap_key_data(key_data, impl=key_impl)
     return _decode(params, cfg, logits_from_hidden(params, hidden[:, -1]), _row_keys(keys, row_ids), row_valid,
                    cache, length - start, temperature, limit, max_new=max_new, eos_ids=eos_ids, greedy=greedy,
                    pin=pin)
@@ -285,6 +292,7 @@ def sample(
     mesh: Optional[Mesh] = None,
     row_offset: int = 0,
     max_queued: Optional[int] = None,
+    max_new_bound: int = 0,
 ) -> SampleBatch:
     """``counts[i]`` completions of each full token prefix (prompt + response so far).
 
@@ -297,7 +305,11 @@ def sample(
     max_rows): a row that ends starts the next completion of its prefix. ``mesh`` (see
     :func:`jaxalign.models.sharding.make_mesh`): rows and KV caches are sharded over its 'data' axis,
     KV heads over 'model'; with model > 1 the params must already be sharded by
-    :func:`~jaxalign.models.sharding.shard_params` on the same mesh.
+    :func:`~jaxalign.models.sharding.shard_params` on the same mesh. ``max_new_bound``: the largest
+    ``max_new_tokens`` of the caller's calls. Each row's own cache holds max(max_new_tokens,
+    max_new_bound) tokens (a power of two), so calls whose limits differ (rollouts from nodes at
+    different depths) share one compiled shape; the attention reads only the filled windows, so the
+    bound costs cache memory, not steps.
     Returns tokens [N, max_new_tokens] int64 (-1 padded), lengths [N], prefix_index [N].
     """
     counts = [int(counts)] * len(prefixes) if np.ndim(counts) == 0 else [int(c) for c in counts]
@@ -306,18 +318,18 @@ def sample(
     _validate(prefixes, counts, max_new_tokens, temperature, max_len, eos_ids)
     if max_rows < 1 or (max_queued is not None and max_queued < 1):
         raise ConfigError(f"max_rows={max_rows} and max_queued={max_queued} must be >= 1")
-    keys, own_keys = _prefix_keys(key, len(prefixes))
+    key_data, key_impl, own_keys = _prefix_keys(key, len(prefixes))
     if own_keys and row_offset:
         raise ConfigError(f"row_offset={row_offset} with one key per prefix: each prefix's rows are numbered from 0")
     first_out = np.concatenate([[0], np.cumsum(counts)])[:-1].astype(np.int64)  # each prefix's first output row
     first_draw = np.zeros(len(counts), np.int64) if own_keys else row_offset + first_out
     tokens_out = np.full((sum(counts), max_new_tokens), -1, np.int64)
     lengths_out = np.zeros(sum(counts), np.int64)
-    max_new = bucket(max_new_tokens, 8)
+    max_new = new_slots(max_new_tokens, max_new_bound)
     rules = None if mesh is None else _rules_checked(params, cfg, mesh)
     min_rows = 1 if mesh is None else dict(mesh.shape).get(DATA, 1)
     statics = dict(max_new=max_new, eos_ids=tuple(int(e) for e in eos_ids), greedy=temperature == 0,
-                   mesh=mesh, rules=rules)
+                   mesh=mesh, rules=rules, key_impl=key_impl)
     dynamics = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max_new_tokens))
     if fork:
         work = _chunks(counts, max_rows, QUEUE_FACTOR * max_rows if max_queued is None else max_queued, min_rows)
@@ -337,7 +349,7 @@ def sample(
                 ids[i, :c] = first_draw[p] + first + np.arange(c)
                 where[i, :c] = first_out[p] + first + np.arange(c)
                 valid[i, :c] = True
-            call_keys = keys[np.asarray(owners)] if own_keys else keys
+            call_keys = key_data[np.asarray(owners) if own_keys else np.zeros(len(owners), np.int64)]
             out, lengths = _sample_forked(params, cfg, ptok, pstart, ids, valid, call_keys, *dynamics, slots=slots,
                                           **statics)
         else:
@@ -349,7 +361,7 @@ def sample(
             where = np.zeros(rows, np.int64)
             where[: len(chunk)] = [first_out[p] + j for p, j in chunk]
             valid = np.arange(rows) < len(chunk)
-            call_keys = keys[np.asarray(owners)] if own_keys else keys
+            call_keys = key_data[np.asarray(owners) if own_keys else np.zeros(len(owners), np.int64)]
             out, lengths = _sample_plain(params, cfg, tok, start, ids, valid, call_keys, *dynamics, **statics)
         out, lengths = np.asarray(out).reshape(-1, max_new), np.asarray(lengths).reshape(-1)
         chosen = np.asarray(valid).reshape(-1)
@@ -359,16 +371,16 @@ def sample(
     return SampleBatch(tokens=tokens_out, lengths=lengths_out, prefix_index=np.repeat(np.arange(len(counts)), counts))
 
 
-def _prefix_keys(key: jax.Array, num_prefixes: int) -> tuple[jax.Array, bool]:
-    """(the typed key, or [num_prefixes] typed keys; whether each prefix has its own). ``key``: one
-    key (typed, or a raw uint32 [2] key), or a typed [num_prefixes] key array."""
+def _prefix_keys(key: jax.Array, num_prefixes: int) -> tuple[np.ndarray, str, bool]:
+    """(key data [1 or num_prefixes, ...] uint32 on the host, the keys' impl name, whether each prefix
+    has its own key). ``key``: one key (typed, or a raw uint32 [2] key), or a typed [num_prefixes]
+    key array. On the host, a call's keys are picked by numpy indexing, not by one eager op each."""
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    if key.ndim == 0:
-        return key, False
-    if key.shape != (num_prefixes,):
+    if key.ndim != 0 and key.shape != (num_prefixes,):
         raise ConfigError(f"key: one key, or one per prefix ({num_prefixes}); got keys of shape {key.shape}")
-    return key, True
+    data = np.asarray(jax.random.key_data(key))
+    return data.reshape(-1, *data.shape[key.ndim:]), str(jax.random.key_impl(key)), key.ndim != 0
 
 
 def _rules_checked(params: Qwen3Params, cfg: Qwen3Config, mesh: Mesh) -> ShardingRules:

@@ -229,6 +229,7 @@ class JobModels:
         self.questions = len(prompts)  # the job's (0: not given)
         self.meshes = job_meshes(cfg, list(roles))
         self.decode_attention = cfg.decode_attention
+        self.response_tokens = cfg.budget.max_response_tokens
         needs = context_needs(cfg.teachers, cfg.student.path)
         # the models that write demonstrations or summaries in the pre-pass (a rule summarizer is no model)
         self.prepass_writers = (set(needs.demos) | {s for _, s in needs.summaries}) - {RULE}
@@ -381,7 +382,9 @@ class JobModels:
             place = placement(load_config(spec.directory), mesh) if mesh is not None else None
             model_cfg, params = load_qwen3(spec.directory, self.dtype, place)
             model_cfg = dataclasses.replace(model_cfg, decode_attention=self.decode_attention)
-            self._loaded[model_id] = FlaxPolicy(params, model_cfg, self.eos(model_id), mesh=mesh)
+            # the student's rollouts start at every depth: one cache size (one compiled shape) for all
+            bound = self.response_tokens if model_id == self.student else 0
+            self._loaded[model_id] = FlaxPolicy(params, model_cfg, self.eos(model_id), mesh=mesh, max_new_bound=bound)
         return self._loaded[model_id]
 
     def release(self, model_id: str) -> None:

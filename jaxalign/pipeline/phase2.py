@@ -162,7 +162,8 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
                               return_sum=None if return_sum is None else return_sum[t], rollout_visits=visits,
                               in_topk=cmp["in_topk"] & table.seen if wants_topk else None,
                               tail_log_ratio=cmp.get("tail_log_ratio"), kl_bucket=cmp.get("kl_bucket"))
-            node = node_alignment(cmp["p_at"], cmp["q_at"], table.s, table.in_s)  # advantage, SR range
+            # one transfer each: indexing a device array per row is an eager op per row and column
+            node = jax.device_get(node_alignment(cmp["p_at"], cmp["q_at"], table.s, table.in_s))
             if children is not None:
                 for i, d in enumerate(depths):
                     for c in np.flatnonzero(table.seen[i]):
@@ -171,7 +172,7 @@ def score_paths(qid: str, tree: RolloutTree, student, prompt: np.ndarray, teache
                             "token": int(table.tokens[i, c]), "p": float(cmp["p_at"][i, c]),
                             "q": float(cmp["q_at"][i, c]), "s": float(table.s[i, c]), "visits": int(table.visits[i, c]),
                             "successes": int(table.successes[i, c]), "in_s": bool(table.in_s[i, c])})
-            results = {c: alignments(batch, names, c) for c in conventions}
+            results = jax.device_get({c: alignments(batch, names, c) for c in conventions})
             for i, d in enumerate(depths):  # the first `count` rows; the rest is padding
                 shared = {
                     "qid": qid, "path": path, "correct": bool(tree.path_correct[path]),

@@ -137,6 +137,29 @@ def test_short_prefixes_share_one_compiled_shape(params):
     assert sampling.COMPILES["forked"] - before == 1
 
 
+def test_limits_under_one_bound_share_one_compiled_shape(params):
+    """With ``max_new_bound``, calls whose max_new_tokens differ (rollouts from nodes at different
+    depths) compile one sampler shape and draw exactly what they draw without it. A shared key and
+    one key per prefix take the same executable."""
+    kwargs = dict(key=jax.random.key(5), eos_ids=EOS, max_rows=8)
+    prefixes = _prefixes([6, 9], seed=11)
+    before = COMPILES["forked"]
+    bounded = {limit: sample(params, CFG, prefixes, [3, 2], max_new_tokens=limit, max_new_bound=100, **kwargs)
+               for limit in (5, 20, 40)}
+    assert COMPILES["forked"] - before == 1
+    for limit, got in bounded.items():
+        alone = sample(params, CFG, prefixes, [3, 2], max_new_tokens=limit, **kwargs)
+        np.testing.assert_array_equal(got.tokens, alone.tokens)
+        np.testing.assert_array_equal(got.lengths, alone.lengths)
+    assert bounded[40].lengths.max() > 8, "rows run past the unbounded call's smallest cache"
+    before = COMPILES["forked"]
+    keys = jax.random.split(jax.random.key(6), 2)
+    own = sample(params, CFG, prefixes, [3, 2], max_new_tokens=40, max_new_bound=100, key=keys, eos_ids=EOS, max_rows=8)
+    assert COMPILES["forked"] - before == 0
+    first = sample(params, CFG, prefixes[:1], 3, max_new_tokens=40, key=keys[0], eos_ids=EOS, max_rows=8)
+    np.testing.assert_array_equal(own.tokens[:3], first.tokens)
+
+
 def test_idle_rows_never_widen_the_attention_window(params, monkeypatch):
     """A prefix whose queue is empty leaves its row idle; the window is chosen from the furthest
     *active* row's slot (at most limit - 2), never from a row that stopped."""

@@ -121,9 +121,9 @@ def sharded(params, mesh, data) -> dict[str, np.ndarray]:
     compiled = sampling._sample_forked.lower(
         params, CFG, np.zeros((prefixes, BUCKETS["prefix_len"]), np.int32), np.zeros(prefixes, np.int32),
         np.zeros((prefixes, forks), np.int32), np.zeros((prefixes, forks), bool),
-        jnp.broadcast_to(jax.random.key(0), (prefixes,)),
+        np.zeros((prefixes, 2), np.uint32),
         jnp.float32(1.0), jnp.int32(MAX_NEW), max_new=BUCKETS["max_new"], eos_ids=CFG.eos_token_ids, greedy=False,
-        mesh=mesh, rules=rules,
+        key_impl="threefry2x32", mesh=mesh, rules=rules,
     ).compile()
     out["largest_all_gather"] = np.array(largest_all_gather(compiled.as_text()))
     prefill = scoring._prefill_hidden.lower(params, CFG, jnp.zeros(32, jnp.int32), jnp.int32(27), chunk=8).compile()
