@@ -1,5 +1,7 @@
 """toy_arith, the paper's context formats, demonstration sampling and caching, prompt alignment."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,12 +230,12 @@ class FakePool:
     """Models that answer with a fixed text, recording what was loaded and released."""
 
     def __init__(self, tok, replies):
-        self.tok, self.replies, self.events = tok, replies, []
+        self.tok, self.replies, self.events, self.policies = tok, replies, [], {}
 
     def generator(self, model):
         self.events.append(("load", model))
-        return Generator(EchoPolicy(self.tok, self.replies[model]), lambda u, thinking: encode_chat(self.tok, u),
-                         self.tok.decode)
+        policy = self.policies[model] = EchoPolicy(self.tok, self.replies[model])
+        return Generator(policy, lambda u, thinking: encode_chat(self.tok, u), self.tok.decode)
 
     def release(self, model):
         self.events.append(("release", model))
@@ -261,14 +263,33 @@ def test_the_prepass_runs_each_model_once_in_order_and_resumes_from_its_caches(t
     contexts.prepare(questions, again)
     assert [e for e in again.events if e[0] == "load"] == []  # all cached: nothing loaded
 
-    # a stop is honoured between groups of questions_per_call questions; what they sampled is kept
-    for per_call, kept in ((1, 1), (64, 2)):
-        stopping = Contexts(PAPER8, "student", lambda q, text: TASK.grade(text, q.answer), tmp_path / f"other{per_call}",
-                            ContextSettings(max_trials=2, batch=2, questions_per_call=per_call),
-                            lambda qid, *path: jax.random.key(0))
-        with pytest.raises(Stopped, match="demonstrations of student"):
-            stopping.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}), stop=lambda: True)
-        assert len(list((tmp_path / f"other{per_call}" / "demos" / "student").glob("*.json"))) == kept
+    # a stop is honoured before each round of demonstrations: the questions still searching keep their
+    # progress, and the resumed job samples only the rounds left (wrong answers only: 2 rounds of 2 trials)
+    asked = []
+
+    def stop_after_one_round():
+        asked.append(1)
+        return len(asked) > 1
+
+    def contexts_at(root):
+        return Contexts(PAPER8, "student", lambda q, text: TASK.grade(text, q.answer), root,
+                        ContextSettings(max_trials=4, batch=2), lambda qid, *path: jax.random.key(0))
+
+    stopping = contexts_at(tmp_path / "stopped")
+    with pytest.raises(Stopped, match="demonstrations of student"):
+        stopping.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}), stop=stop_after_one_round)
+    files = sorted((tmp_path / "stopped" / "demos" / "student").glob("*.json"))
+    assert [(raw["partial"], raw["trials"], raw["wrong"]) for raw in map(lambda f: json.loads(f.read_text()), files)] \
+        == [(True, 2, ["x", "x"])] * 2
+    assert all(stopping.demo_caches["student"].answers(q.qid, DemoNeed(1, 1), 4) is None for q in questions)
+    resumed = FakePool(tok, {"student": "x", "big": "y"})
+    stopping.prepare(questions, resumed)
+    # one round: a call per question (EchoPolicy has no sample_prompts), the first round not sampled again
+    assert len(resumed.policies["student"].prompts) == 2
+    whole = contexts_at(tmp_path / "whole")
+    whole.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}))
+    assert [stopping.messages(q) for q in questions] == [whole.messages(q) for q in questions]
+    assert [stopping._demos("student", q) for q in questions] == [whole._demos("student", q) for q in questions]
 
 
 def test_demonstrations_and_summaries_of_many_questions_equal_one_question_at_a_time(tmp_path, monkeypatch):
@@ -300,6 +321,15 @@ def test_demonstrations_and_summaries_of_many_questions_equal_one_question_at_a_
     # (the padding's rows dropped): 5 -> 8, then 2, then 1; one question at a time took 5 + 2 + 1 calls
     assert sorted(d.trials for d in together) == [3, 3, 3, 6, 9]
     assert calls[:rounds] == [8, 2, 1] and len(calls) - rounds == 8
+
+    # stopped before its second round, then resumed: the same demonstrations, no round sampled twice
+    cache, asked = DemonstrationCache(tmp_path / "demos", "toy"), []
+    stopped = sample_demonstrations_of(policy, encode, tok.decode, items, max_rows=4, cache=cache,
+                                       stop=lambda: asked.append(1) or len(asked) > 1, **kwargs)
+    assert [d is None for d in stopped] == [d.trials > 3 for d in together]
+    calls.clear()
+    assert sample_demonstrations_of(policy, encode, tok.decode, items, max_rows=4, cache=cache, **kwargs) == together
+    assert calls == [2, 1]
 
     summarizer = ModelSummarizer(policy, encode, tok.decode, max_new_tokens=32, max_rows=4, max_prefix_slots=2048)
     demo_items = [(q, d, jax.random.key(10 + i)) for i, (q, d) in enumerate(zip(questions, together))]

@@ -4,7 +4,8 @@ The source model answers the plain question (the student's own prompt, rendered 
 tokenizer) at temperature 0.7, ``batch`` samples at a time, until it has the correct and wrong
 responses the teachers need or 60 trials are spent (Appendix E.9). Each response is graded
 against the ground truth. One JSON file per (source model, question) holds them, so a resumed or
-repeated job never samples them again.
+repeated job never samples them again. A stop request between rounds leaves a question's progress
+in its file (marked partial): a resumed job samples only its remaining rounds, with the same keys.
 """
 
 from __future__ import annotations
@@ -74,11 +75,24 @@ class DemonstrationCache:
         # atomic: a crash never leaves half a file
         write_json(self.path(qid), {**dataclasses.asdict(demos), "need": [need.correct, need.wrong]})
 
+    def save_progress(self, qid: str, so_far: Demonstrations, need: DemoNeed) -> None:
+        """Records an unfinished search: every response graded so far and the trials spent."""
+        write_json(self.path(qid), {**dataclasses.asdict(so_far), "need": [need.correct, need.wrong],
+                                    "partial": True})
+
+    def progress(self, qid: str, need: DemoNeed) -> Optional[Demonstrations]:
+        """An unfinished search for exactly ``need`` (:meth:`save_progress`), to go on from; else None."""
+        raw = self._raw(qid)
+        if raw is None or not raw.get("partial") or DemoNeed(*raw.get("need", (0, 0))) != need:
+            return None
+        return Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
+
     def answers(self, qid: str, need: DemoNeed, max_trials: int) -> Optional[Demonstrations]:
         """The cached demonstrations if they answer ``need``: enough of each, or every trial spent
-        while looking for at least as many (sampling again with the same key would find the same)."""
+        while looking for at least as many (sampling again with the same key would find the same).
+        An unfinished search (:meth:`progress`) answers nothing."""
         raw = self._raw(qid)
-        if raw is None:
+        if raw is None or raw.get("partial"):
             return None
         found = Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
         looked_for = DemoNeed(*raw.get("need", (0, 0)))
@@ -115,15 +129,20 @@ def sample_demonstrations_of(
     max_new_tokens: int = 512,
     cache: Optional[DemonstrationCache] = None,
     max_rows: Optional[int] = None,
-) -> list[Demonstrations]:
+    stop: Callable[[], bool] = lambda: False,
+) -> list[Optional[Demonstrations]]:
     """:func:`sample_demonstrations` for several (question, grade, key) items at once.
 
     Each round samples ``batch`` responses for every question that still lacks some, in one
-    :func:`jaxalign.policy.sample_prompts`, each question under ``fold_in(its key, trials)``. So
+    :func:`jaxalign.policy.sample_prompts`, each question under ``fold_in(its key, its trials)``. So
     every question gets exactly the demonstrations it would get alone, and a 32B source reads its
     weights once per decode step for many questions' rows instead of one question's. A question's file is
     written in the round that completes it. ``max_rows``: decode rows per call (the policy's own
     limit by default); the rest of a round's completions queue on them.
+
+    ``stop()`` is asked before each round. When it is true, the questions still searching keep their
+    progress in ``cache`` (:meth:`DemonstrationCache.save_progress`) and come back as None; a later
+    call goes on from their next round, and the results equal an uninterrupted call's.
     """
     from jaxalign.policy import sample_prompts
 
@@ -134,29 +153,41 @@ def sample_demonstrations_of(
     todo = [i for i, f in enumerate(found) if f is None]
     prompts = {i: np.asarray(encode(items[i][0].user), np.int32) for i in todo}
     keys = jnp.stack([key for _, _, key in items]) if todo else None  # [len(items)]: one fold_in per round
-    correct: dict[int, list[str]] = {i: [] for i in todo}
-    wrong: dict[int, list[str]] = {i: [] for i in todo}
-    trials = 0
+    so_far = {i: (cache.progress(items[i][0].qid, need) if cache is not None else None) for i in todo}
+    correct = {i: list(so_far[i].correct) if so_far[i] else [] for i in todo}
+    wrong = {i: list(so_far[i].wrong) if so_far[i] else [] for i in todo}
+    trials = {i: so_far[i].trials if so_far[i] else 0 for i in todo}
     while True:
         for i in list(todo):
-            if trials < max_trials and (len(correct[i]) < need_correct or len(wrong[i]) < need_wrong):
+            if trials[i] < max_trials and (len(correct[i]) < need_correct or len(wrong[i]) < need_wrong):
                 continue
             question = items[i][0]
             found[i] = Demonstrations(tuple(correct[i][:max(need_correct, 1)]), tuple(wrong[i][:max(need_wrong, 1)]),
-                                      trials)
+                                      trials[i])
             if len(correct[i]) < need_correct:
                 log.warning("%s: %d of %d correct demonstrations in %d trials", question.qid, len(correct[i]),
-                            need_correct, trials)
+                            need_correct, trials[i])
             if cache is not None:
                 cache.save(question.qid, found[i], need)
             todo.remove(i)
         if not todo:
             return found
-        n = min(batch, max_trials - trials)
-        round_keys = jax.vmap(jax.random.fold_in, (0, None))(keys[np.asarray(todo)], trials)
-        out = sample_prompts(policy, [prompts[i] for i in todo], n, max_new_tokens, temperature, round_keys, max_rows)
-        for row, length, which in zip(out.tokens, out.lengths, out.prefix_index):
-            i = todo[which]
-            text = decode([int(t) for t in row[:length] if int(t) not in policy.eos_token_ids])
-            (correct[i] if items[i][1](text) else wrong[i]).append(text)
-        trials += n
+        if stop():
+            for i in [i for i in todo if trials[i]] if cache is not None else ():
+                cache.save_progress(items[i][0].qid, Demonstrations(tuple(correct[i]), tuple(wrong[i]), trials[i]),
+                                    need)
+            return found
+        # one call per round size: a resumed question may be rounds ahead of the others
+        sizes = {i: min(batch, max_trials - trials[i]) for i in todo}
+        for n in sorted(set(sizes.values()), reverse=True):
+            group = [i for i in todo if sizes[i] == n]
+            round_keys = jax.vmap(jax.random.fold_in)(keys[np.asarray(group)],
+                                                     np.asarray([trials[i] for i in group], np.uint32))
+            out = sample_prompts(policy, [prompts[i] for i in group], n, max_new_tokens, temperature, round_keys,
+                                 max_rows)
+            for row, length, which in zip(out.tokens, out.lengths, out.prefix_index):
+                i = group[which]
+                text = decode([int(t) for t in row[:length] if int(t) not in policy.eos_token_ids])
+                (correct[i] if items[i][1](text) else wrong[i]).append(text)
+            for i in group:
+                trials[i] += n

@@ -10,7 +10,8 @@ Questions are sampled and summarized ``questions_per_call`` at a time: each roun
 ``sample`` over the group's prompts, each question under its own key (so with the same results as
 one at a time), on at most ``max_rows`` decode rows where the completions queue. A 32B model then
 reads its weights once per decode step for many questions, not for one question's 20 rows. A stop
-request (preemption) is honoured between those groups: everything done so far is cached.
+request (preemption) is honoured between rounds of demonstrations, and between groups of summaries:
+everything done so far is cached, unfinished demonstration searches with their progress.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ContextSettings:
     max_new_tokens: int = 512  # a demonstration's length limit: the budget's response limit
     summary_max_tokens: int = 1024
     batch: int = 20  # demonstrations per question and round
-    questions_per_call: int = 64  # questions sampled (or summarized) together; a stop is honoured between groups
+    questions_per_call: int = 64  # questions sampled (or summarized) together
     # decode rows of a pre-pass call: a group's completions queue on them (continuous batching). Each row
     # holds max_new_tokens slots of the context model's KV cache; the memory check prices the call.
     max_rows: int = 32
@@ -150,7 +151,7 @@ class Contexts:
             sample_demonstrations_of(gen.policy, lambda u: gen.encode(u, True), gen.decode, items,
                                      need_correct=need.correct, need_wrong=need.wrong, temperature=s.temperature,
                                      max_trials=s.max_trials, batch=s.batch, max_new_tokens=s.max_new_tokens,
-                                     cache=self.demo_caches[source], max_rows=s.max_rows)
+                                     cache=self.demo_caches[source], max_rows=s.max_rows, stop=stop)
             if stop():
                 raise Stopped(f"stopped during the demonstrations of {source}")
 
