@@ -254,12 +254,12 @@ def test_the_pre_pass_names_the_writers_own_data_axis(overrides, model, setting)
     assert cache is not None and (cache.model, cache.data_axis) == (model, setting)
 
 
-def test_the_students_rollouts_take_the_cache_the_check_counts():
-    """The student samples every rollout, from any depth, into a cache sized for the response limit:
-    one compiled shape for all depths, and never more than the memory check counts (64 new slots)."""
-    from jaxalign.engine.sampling import new_slots
+def test_the_students_rollouts_take_the_caches_the_check_counts(monkeypatch):
+    """The student's rollouts from every depth of the toy's 64-token responses take one cache of 64
+    new slots (one compiled shape): the size the memory check counts for its widest call."""
+    from jaxalign.engine import sampling
     from jaxalign.pipeline.jobs import load_task, model_roles, select_questions
-    from jaxalign.pipeline.models import JobModels
+    from jaxalign.pipeline.models import MAIN_PHASE, JobModels
 
     cfg = C.from_omegaconf(composed(*SAMPLER))
     task = load_task(cfg)
@@ -268,4 +268,14 @@ def test_the_students_rollouts_take_the_cache_the_check_counts():
     cap = cfg.budget.max_response_tokens
     student, teacher = models.policy("toy:student"), models.policy("toy:teacher")
     assert (student.max_new_bound, teacher.max_new_bound) == (cap, 0)
-    assert {new_slots(cap - depth, student.max_new_bound) for depth in (0, 1, cap // 2, cap - 1)} == {64}
+    seen = []
+
+    def record(params, cfg, ptok, pstart, ids, valid, keys, temperature, limit, *, max_new, **kw):
+        seen.append(max_new)
+        return np.full((ids.size, max_new), -1, np.int32), np.zeros(ids.size, np.int32)
+
+    monkeypatch.setattr(sampling, "_sample_forked", record)
+    for depth in (0, 1, cap // 2, cap - 1):  # what QuestionRun._rollouts asks for at each depth
+        student.sample(np.ones(5, np.int32), [np.ones(depth, np.int32)], 2, cap - depth, 1.0, jax.random.key(0))
+    check = models.caches(cfg, models.prompt_tokens(prompts, task.system))[MAIN_PHASE]
+    assert set(seen) == {64} and check.size.startswith("32 rows x 64 slots")

@@ -279,13 +279,16 @@ def test_the_prepass_runs_each_model_once_in_order_and_resumes_from_its_caches(t
     with pytest.raises(Stopped, match="demonstrations of student"):
         stopping.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}), stop=stop_after_one_round)
     files = sorted((tmp_path / "stopped" / "demos" / "student").glob("*.json"))
-    assert [(raw["partial"], raw["trials"], raw["wrong"]) for raw in map(lambda f: json.loads(f.read_text()), files)] \
-        == [(True, 2, ["x", "x"])] * 2
+    assert [f.name.endswith(".partial.json") for f in files] == [True, True]
+    assert [(raw["trials"], raw["wrong"]) for raw in map(lambda f: json.loads(f.read_text()), files)] \
+        == [(2, ["x", "x"])] * 2
     assert all(stopping.demo_caches["student"].answers(q.qid, DemoNeed(1, 1), 4) is None for q in questions)
     resumed = FakePool(tok, {"student": "x", "big": "y"})
     stopping.prepare(questions, resumed)
     # one round: a call per question (EchoPolicy has no sample_prompts), the first round not sampled again
     assert len(resumed.policies["student"].prompts) == 2
+    assert sorted(f.name for f in (tmp_path / "stopped" / "demos" / "student").glob("*.json")) == sorted(
+        f"{q.qid}.json" for q in questions)  # finished: the progress files are gone
     whole = contexts_at(tmp_path / "whole")
     whole.prepare(questions, FakePool(tok, {"student": "x", "big": "y"}))
     assert [stopping.messages(q) for q in questions] == [whole.messages(q) for q in questions]
@@ -330,6 +333,15 @@ def test_demonstrations_and_summaries_of_many_questions_equal_one_question_at_a_
     calls.clear()
     assert sample_demonstrations_of(policy, encode, tok.decode, items, max_rows=4, cache=cache, **kwargs) == together
     assert calls == [2, 1]
+    # progress saved under other settings is not resumed (that would mix two searches): from trial 0
+    other, asked = DemonstrationCache(tmp_path / "other", "toy"), []
+    sample_demonstrations_of(policy, encode, tok.decode, items, max_rows=4, cache=other,
+                             stop=lambda: asked.append(1) or len(asked) > 1, **kwargs)
+    unfinished = [items[i] for i, d in enumerate(together) if d.trials > 3]
+    assert len(list(other.dir.glob("*.partial.json"))) == len(unfinished) == 2
+    hotter = {**kwargs, "temperature": 0.9}
+    assert sample_demonstrations_of(policy, encode, tok.decode, unfinished, max_rows=4, cache=other, **hotter) == [
+        sample_demonstrations(policy, encode, tok.decode, grade, q, key, **hotter) for q, grade, key in unfinished]
 
     summarizer = ModelSummarizer(policy, encode, tok.decode, max_new_tokens=32, max_rows=4, max_prefix_slots=2048)
     demo_items = [(q, d, jax.random.key(10 + i)) for i, (q, d) in enumerate(zip(questions, together))]

@@ -20,9 +20,9 @@ from jaxalign.policy import SampleBatch
 class FlaxPolicy:
     """A Qwen3 model behind the Policy protocol. Prefixes are response tokens after ``prompt``.
 
-    ``max_new_bound``: :meth:`sample` sizes every row's own cache for this many new tokens (at
-    least), so that its calls share one compiled shape whatever their ``max_new_tokens`` (the
-    pipeline sets it to the response limit for the student; see :func:`jaxalign.engine.sampling.sample`).
+    ``max_new_bound``: the largest ``max_new_tokens`` of :meth:`sample`'s calls (the pipeline sets
+    the response limit for the student). Calls near it share one compiled shape
+    (:func:`jaxalign.engine.sampling.new_slots`).
     """
 
     def __init__(self, params: Qwen3Params, cfg: Qwen3Config, eos_token_ids: Sequence[int], *,
@@ -33,7 +33,7 @@ class FlaxPolicy:
         self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
         self.max_rows, self.mesh, self.fork = max_rows, mesh, fork
         self.prefill_chunk = prefill_chunk
-        self.max_new_bound = max_new_bound  # sample()'s: the rows' caches fit it, one shape for all limits
+        self.max_new_bound = max_new_bound
 
     def sample(self, prompt: np.ndarray, prefixes: Sequence[np.ndarray], n, max_new_tokens: int,
                temperature: float, key: jax.Array) -> SampleBatch:

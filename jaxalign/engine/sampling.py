@@ -40,7 +40,8 @@ from jax.sharding import Mesh, NamedSharding
 from jaxalign.engine.gumbel import gumbel_rows
 from jaxalign.errors import ConfigError
 from jaxalign.models.config import Qwen3Config
-from jaxalign.models.qwen3 import Qwen3Params, SharedPrefix, forward_hidden, init_cache, logits_from_hidden
+from jaxalign.models.qwen3 import (MIN_WINDOW, Qwen3Params, SharedPrefix, forward_hidden, init_cache,
+                                   logits_from_hidden)
 from jaxalign.models.sharding import DATA, MODEL, ShardingRules, cache_axes, constrain, param_axes, rules_for
 from jaxalign.policy import SampleBatch
 
@@ -59,8 +60,12 @@ def prefix_slots(tokens: int) -> int:
 
 
 def new_slots(max_new_tokens: int, max_new_bound: int = 0) -> int:
-    """Slots of a sampled row's own KV cache in a :func:`sample` call (a power of two, >= 8)."""
-    return bucket(max(max_new_tokens, max_new_bound), 8)
+    """Slots of a sampled row's own KV cache in a :func:`sample` call (a power of two, >= 8): the
+    limit's bucket, and at least min(max_new_bound, MIN_WINDOW). Calls near a caller's limit then share
+    one shape, while a row never holds more than the attention's smallest window beyond its need (a
+    bound of 4,096 would make every deep call's cache as wide as the first call's, and the prefixes
+    that deep calls also hold would raise the job's peak)."""
+    return bucket(max(max_new_tokens, min(max_new_bound, MIN_WINDOW)), 8)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -306,10 +311,9 @@ def sample(
     :func:`jaxalign.models.sharding.make_mesh`): rows and KV caches are sharded over its 'data' axis,
     KV heads over 'model'; with model > 1 the params must already be sharded by
     :func:`~jaxalign.models.sharding.shard_params` on the same mesh. ``max_new_bound``: the largest
-    ``max_new_tokens`` of the caller's calls. Each row's own cache holds max(max_new_tokens,
-    max_new_bound) tokens (a power of two), so calls whose limits differ (rollouts from nodes at
-    different depths) share one compiled shape; the attention reads only the filled windows, so the
-    bound costs cache memory, not steps.
+    ``max_new_tokens`` of the caller's calls. Each row's own cache takes at least min(max_new_bound,
+    256) slots (:func:`new_slots`), so calls whose limits differ only below that (rollouts from nodes
+    near the response limit; all of the toy's) share one compiled shape.
     Returns tokens [N, max_new_tokens] int64 (-1 padded), lengths [N], prefix_index [N].
     """
     counts = [int(counts)] * len(prefixes) if np.ndim(counts) == 0 else [int(c) for c in counts]
@@ -371,8 +375,8 @@ def sample(
     return SampleBatch(tokens=tokens_out, lengths=lengths_out, prefix_index=np.repeat(np.arange(len(counts)), counts))
 
 
-def _prefix_keys(key: jax.Array, num_prefixes: int) -> tuple[np.ndarray, str, bool]:
-    """(key data [1 or num_prefixes, ...] uint32 on the host, the keys' impl name, whether each prefix
+def _prefix_keys(key: jax.Array, num_prefixes: int) -> tuple[np.ndarray, object, bool]:
+    """(key data [1 or num_prefixes, ...] uint32 on the host, the keys' impl, whether each prefix
     has its own key). ``key``: one key (typed, or a raw uint32 [2] key), or a typed [num_prefixes]
     key array. On the host, a call's keys are picked by numpy indexing, not by one eager op each."""
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -380,7 +384,7 @@ def _prefix_keys(key: jax.Array, num_prefixes: int) -> tuple[np.ndarray, str, bo
     if key.ndim != 0 and key.shape != (num_prefixes,):
         raise ConfigError(f"key: one key, or one per prefix ({num_prefixes}); got keys of shape {key.shape}")
     data = np.asarray(jax.random.key_data(key))
-    return data.reshape(-1, *data.shape[key.ndim:]), str(jax.random.key_impl(key)), key.ndim != 0
+    return data.reshape(-1, *data.shape[key.ndim:]), jax.random.key_impl(key), key.ndim != 0
 
 
 def _rules_checked(params: Qwen3Params, cfg: Qwen3Config, mesh: Mesh) -> ShardingRules:

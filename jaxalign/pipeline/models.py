@@ -382,7 +382,7 @@ class JobModels:
             place = placement(load_config(spec.directory), mesh) if mesh is not None else None
             model_cfg, params = load_qwen3(spec.directory, self.dtype, place)
             model_cfg = dataclasses.replace(model_cfg, decode_attention=self.decode_attention)
-            # the student's rollouts start at every depth: one cache size (one compiled shape) for all
+            # the student's rollouts start at every depth; those near the limit share one compiled shape
             bound = self.response_tokens if model_id == self.student else 0
             self._loaded[model_id] = FlaxPolicy(params, model_cfg, self.eos(model_id), mesh=mesh, max_new_bound=bound)
         return self._loaded[model_id]

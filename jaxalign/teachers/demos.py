@@ -4,8 +4,9 @@ The source model answers the plain question (the student's own prompt, rendered 
 tokenizer) at temperature 0.7, ``batch`` samples at a time, until it has the correct and wrong
 responses the teachers need or 60 trials are spent (Appendix E.9). Each response is graded
 against the ground truth. One JSON file per (source model, question) holds them, so a resumed or
-repeated job never samples them again. A stop request between rounds leaves a question's progress
-in its file (marked partial): a resumed job samples only its remaining rounds, with the same keys.
+repeated job never samples them again. A stop request between rounds leaves an unfinished search's
+progress in ``<qid>.partial.json``: a resumed job with the same settings samples only its remaining
+rounds, with the same keys.
 """
 
 from __future__ import annotations
@@ -71,28 +72,31 @@ class DemonstrationCache:
         raw = self._raw(qid)
         return None if raw is None else Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
 
+    def progress_path(self, qid: str) -> Path:
+        return self.dir / (safe_name(qid) + ".partial.json")
+
     def save(self, qid: str, demos: Demonstrations, need: DemoNeed = DemoNeed()) -> None:
         # atomic: a crash never leaves half a file
         write_json(self.path(qid), {**dataclasses.asdict(demos), "need": [need.correct, need.wrong]})
+        self.progress_path(qid).unlink(missing_ok=True)
 
-    def save_progress(self, qid: str, so_far: Demonstrations, need: DemoNeed) -> None:
-        """Records an unfinished search: every response graded so far and the trials spent."""
-        write_json(self.path(qid), {**dataclasses.asdict(so_far), "need": [need.correct, need.wrong],
-                                    "partial": True})
+    def save_progress(self, qid: str, so_far: Demonstrations, search: dict) -> None:
+        """Records an unfinished search beside any finished entry: every response graded so far, the
+        trials spent, and ``search``, the settings it ran with (need, batch, temperature, ...)."""
+        write_json(self.progress_path(qid), {**dataclasses.asdict(so_far), "search": search})
 
-    def progress(self, qid: str, need: DemoNeed) -> Optional[Demonstrations]:
-        """An unfinished search for exactly ``need`` (:meth:`save_progress`), to go on from; else None."""
-        raw = self._raw(qid)
-        if raw is None or not raw.get("partial") or DemoNeed(*raw.get("need", (0, 0))) != need:
+    def progress(self, qid: str, search: dict) -> Optional[Demonstrations]:
+        """The unfinished search of :meth:`save_progress` if it ran with exactly ``search``; else None."""
+        raw = read_cache_entry(self.progress_path(qid), ("correct", "wrong", "trials", "search"))
+        if raw is None or raw["search"] != search:
             return None
         return Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
 
     def answers(self, qid: str, need: DemoNeed, max_trials: int) -> Optional[Demonstrations]:
         """The cached demonstrations if they answer ``need``: enough of each, or every trial spent
-        while looking for at least as many (sampling again with the same key would find the same).
-        An unfinished search (:meth:`progress`) answers nothing."""
+        while looking for at least as many (sampling again with the same key would find the same)."""
         raw = self._raw(qid)
-        if raw is None or raw.get("partial"):
+        if raw is None:
             return None
         found = Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
         looked_for = DemoNeed(*raw.get("need", (0, 0)))
@@ -142,7 +146,8 @@ def sample_demonstrations_of(
 
     ``stop()`` is asked before each round. When it is true, the questions still searching keep their
     progress in ``cache`` (:meth:`DemonstrationCache.save_progress`) and come back as None; a later
-    call goes on from their next round, and the results equal an uninterrupted call's.
+    call with the same settings goes on from their next round, and the results equal an
+    uninterrupted call's (a call with other settings starts the search again).
     """
     from jaxalign.policy import sample_prompts
 
@@ -153,7 +158,9 @@ def sample_demonstrations_of(
     todo = [i for i, f in enumerate(found) if f is None]
     prompts = {i: np.asarray(encode(items[i][0].user), np.int32) for i in todo}
     keys = jnp.stack([key for _, _, key in items]) if todo else None  # [len(items)]: one fold_in per round
-    so_far = {i: (cache.progress(items[i][0].qid, need) if cache is not None else None) for i in todo}
+    search = {"need": [need_correct, need_wrong], "batch": batch, "max_trials": max_trials,
+              "temperature": temperature, "max_new_tokens": max_new_tokens}
+    so_far = {i: (cache.progress(items[i][0].qid, search) if cache is not None else None) for i in todo}
     correct = {i: list(so_far[i].correct) if so_far[i] else [] for i in todo}
     wrong = {i: list(so_far[i].wrong) if so_far[i] else [] for i in todo}
     trials = {i: so_far[i].trials if so_far[i] else 0 for i in todo}
@@ -175,7 +182,7 @@ def sample_demonstrations_of(
         if stop():
             for i in [i for i in todo if trials[i]] if cache is not None else ():
                 cache.save_progress(items[i][0].qid, Demonstrations(tuple(correct[i]), tuple(wrong[i]), trials[i]),
-                                    need)
+                                    search)
             return found
         # one call per round size: a resumed question may be rounds ahead of the others
         sizes = {i: min(batch, max_trials - trials[i]) for i in todo}

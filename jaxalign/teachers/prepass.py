@@ -148,11 +148,12 @@ class Contexts:
         log.info("demonstrations by %s for %d questions", source, len(todo))
         for group in _groups(todo, s.questions_per_call):
             items = [(q, lambda text, q=q: self.grade(q, text), self.demo_key(q.qid, source)) for q in group]
-            sample_demonstrations_of(gen.policy, lambda u: gen.encode(u, True), gen.decode, items,
-                                     need_correct=need.correct, need_wrong=need.wrong, temperature=s.temperature,
-                                     max_trials=s.max_trials, batch=s.batch, max_new_tokens=s.max_new_tokens,
-                                     cache=self.demo_caches[source], max_rows=s.max_rows, stop=stop)
-            if stop():
+            found = sample_demonstrations_of(gen.policy, lambda u: gen.encode(u, True), gen.decode, items,
+                                             need_correct=need.correct, need_wrong=need.wrong,
+                                             temperature=s.temperature, max_trials=s.max_trials, batch=s.batch,
+                                             max_new_tokens=s.max_new_tokens, cache=self.demo_caches[source],
+                                             max_rows=s.max_rows, stop=stop)
+            if stop() or any(demos is None for demos in found):
                 raise Stopped(f"stopped during the demonstrations of {source}")
 
     def _summarize(self, model: str, questions: Sequence[Question], pool: ModelPool, stop) -> None:
