@@ -1,6 +1,6 @@
 """The paper's grid priced by the dry run's cost model: A100-days per run and in total.
 
-    python bench/grid_forecast.py [--calibration FILE]
+    python bench/grid_forecast.py [--calibration FILE] [--device KIND]
 
 The grid: 2 students (Qwen3-0.6B, 1.7B) x paper8 x {BoolQ, MMLU, AIME 2025} at ``budget=paper``,
 over Table 7's screened question counts (BoolQ 458 / 463, MMLU 364 / 350 for 0.6B / 1.7B) and the
@@ -17,9 +17,12 @@ sheet at the calibration's roofline fraction, for:
   Qwen3-32B's demonstrations, Qwen3-32B's summaries).
 
 The default calibration is the recorded CPU one in tests/fixtures (its projection is indicative:
-a CPU's fraction of its roofline is not a GPU's). The last line is JSON.
+a CPU's fraction of its roofline is not a GPU's). ``--device``: the device whose calibration prices
+the grid, as the file names it (default: the file's only device). A GPU's file comes from
+``bench/gpu_session.sh``. The last line is JSON.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -47,7 +50,12 @@ def floor_days(cfg, models) -> float:
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--calibration", default=str(ROOT / "tests" / "fixtures" / "calibration_cpu.json"))
+    ap.add_argument("--device", default=None, help="the calibrated device to price with (default: the file's only one)")
     args = ap.parse_args()
+    devices = list(json.loads(Path(args.calibration).read_text()).get("devices", {}))
+    device = args.device or (devices[0] if len(devices) == 1 else None)
+    if device not in devices:
+        sys.exit(f"grid_forecast: name one of the devices in {args.calibration} with --device: {devices}")
     totals, table = {}, []
     for adaptive in (False, True):
         budget = "adaptive" if adaptive else "fixed"
@@ -56,7 +64,7 @@ def main() -> None:
                                 f"dataset.num_questions={questions}", f"budget.adaptive={str(adaptive).lower()}",
                                 *extra])
             models = cost.run_models(cfg)
-            calibration = cal.ensure(models.needs(), cal.calibration_path(args.calibration), "cpu")
+            calibration = cal.ensure(models.needs(), cal.calibration_path(args.calibration), device)
             row = {"budget": budget, "run": f"{student} {dataset}", "questions": questions}
             for mode in DECODE_ATTENTION:
                 f = cost.forecast(cfg, calibration, models=models, decode_attention=mode)
@@ -73,7 +81,7 @@ def main() -> None:
         print(f"{r['budget']:9s} {r['run']:22s} {r['rollouts_per_question']:10.0f} {r['xla']:9.2f} "
               f"{r['ragged']:9.2f} {r['floor']:9.2f} {r['prepass_ragged']:9.2f}")
     report("grid_forecast", {"a100_days": {k: round(v, 2) for k, v in totals.items()},
-                             "calibration": args.calibration, "runs": table})
+                             "calibration": args.calibration, "device": device, "runs": table})
 
 
 if __name__ == "__main__":

@@ -647,15 +647,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--force", action="store_true", help="measure again even if the file has this device and shape")
     ap.add_argument("overrides", nargs="*",
                     help="Hydra overrides naming the run, e.g. student=qwen3-0.6b teachers=paper8")
+    named = ap.add_argument_group(
+        "models by id, instead of overrides (no Hydra needed: a bare GPU machine)",
+        "Hub ids (a published Qwen3 id needs no download) or model directories.")
+    named.add_argument("--student", help="the model that samples and is scored (all kernels)")
+    named.add_argument("--teacher", action="append", default=[], help="a model that is only scored (repeatable)")
+    named.add_argument("--context", action="append", default=[],
+                       help="a model that writes demonstrations or summaries (decode and prefill; repeatable)")
+    named.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from jaxalign import cost
 
-    cfg = cost.compose(args.overrides)
-    models = cost.run_models(cfg)
+    if args.student or args.teacher or args.context:
+        if args.overrides or not args.student:
+            raise ConfigError("calibrate: name the models either by overrides or by --student (with any --teacher "
+                              "and --context), not both; --student is required with the others")
+        models = cost.RunModels(cost.model_shape(args.student, args.dtype),
+                                tuple(cost.TeacherUse(m, cost.model_shape(m, args.dtype), 0) for m in args.teacher),
+                                tuple(cost.ContextUse(cost.model_shape(m, args.dtype)) for m in args.context))
+    else:
+        models = cost.run_models(cost.compose(args.overrides))
     calibration = ensure(models.needs(), calibration_path(args.file), force=args.force)
     rows = []
-    for use in models.distinct():
+    for use in [*models.distinct(), *(c.model for c in models.context)]:
+        if use.shape.key in {r["shape"] for r in rows}:
+            continue
         kernels = calibration.shapes[use.shape.key]["kernels"]
         fitted = {kind: {"efficiency": round(k["efficiency"], 4), "roofline_fraction": round(k["roofline_fraction"], 4),
                          "overhead_s": k["overhead_s"]} for kind, k in kernels.items()}

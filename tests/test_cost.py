@@ -9,6 +9,8 @@ test runs a real smoke run on the CPU and checks the forecast against its measur
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -385,6 +387,28 @@ def test_calibrate_command_reports_a_cached_calibration(tmp_path, capsys):
     assert last == json.loads(json.dumps(out)) and last["measured_now"] == []
     assert [m["model"] for m in last["models"]] == ["toy:student", "toy:teacher"]
     assert set(last["models"][1]) == {"model", "shape", "prefill", "project"}  # nothing measured: it was not needed
+
+
+def test_calibrate_command_takes_models_by_id_without_hydra(tmp_path):
+    """A bare GPU machine has no Hydra: --student, --teacher and --context name the models. Each shape
+    gets the kernels of its role (a context model samples, a teacher is only scored)."""
+    student, teacher = toy_shape(), dataclasses.replace(toy_shape(), layers=3)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"version": cal.VERSION, "devices": {cal.device_kind(): {
+        "device": TEST_DEVICE.to_json(), "shapes": synthetic([student, teacher]).shapes}}}))
+    code = ("import json, sys; from jaxalign.calibrate import main; "
+            f"out = main(['--file', {str(path)!r}, '--student', {str(TOY)!r}, '--teacher', {str(TOY.parent / 'teacher')!r}, "
+            f"'--context', {str(TOY.parent / 'teacher')!r}, '--dtype', 'float32']); "
+            "print('IMPORTED', sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'submitit'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "IMPORTED []"
+    last = json.loads(lines[-2])
+    assert last["measured_now"] == [] and [m["shape"] for m in last["models"]] == [student.key, teacher.key]
+    bad = subprocess.run([sys.executable, "-m", "jaxalign.calibrate", "--file", str(path), "--teacher", str(TOY),
+                          "budget=smoke"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "either by overrides or by --student" in bad.stderr
 
 
 def test_the_calibration_file_follows_the_setting_then_the_environment(monkeypatch, tmp_path):
