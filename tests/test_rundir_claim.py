@@ -142,3 +142,24 @@ def test_a_run_resumed_by_other_code_says_so(tmp_path, monkeypatch, caplog):
         again = run.execute(composed(*overrides), tmp_path)
     assert f"jax {first['versions']['jax']} there, 99.0 now" in caplog.text
     assert again["versions"]["jax"] == "99.0"  # run.json says which code wrote it last
+
+
+def test_a_wheel_names_the_commit_it_was_built_from(tmp_path):
+    """An installed wheel has no git checkout to read: its version (setuptools-scm, pyproject.toml)
+    carries the commit it was built from, so code.json tells two builds apart."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("setuptools_scm")
+    root = Path(rundir.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True, capture_output=True)
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "wheels"), str(clone)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    version = next((tmp_path / "wheels").glob("jaxalign-*.whl")).name.split("-")[1]
+    assert "+g" in version and head.startswith(version.split("+g")[1].split(".")[0]), version
