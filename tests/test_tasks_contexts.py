@@ -347,10 +347,26 @@ def test_demonstrations_and_summaries_of_many_questions_equal_one_question_at_a_
     demo_items = [(q, d, jax.random.key(10 + i)) for i, (q, d) in enumerate(zip(questions, together))]
     calls.clear()
     batched = summarize_demonstrations_of(summarizer, demo_items)
-    requests = [summary_request(q, text) for q, d, _ in demo_items for text in (*d.correct[:1], *d.wrong[:1])]
+    def requests_of(item):
+        q, d, _ = item
+        return [summary_request(q, text) for text in (*d.correct[:1], *d.wrong[:1])]
+
+    requests = [r for item in demo_items for r in requests_of(item)]
     groups = prompt_groups([len(encode(r)) for r in requests], 2048)
     assert calls == [1 << (len(g) - 1).bit_length() for g in groups] and 1 < len(calls) < len(requests)
     assert batched == [summarize_demonstrations(summarizer, q, d, key) for q, d, key in demo_items]
+
+    # stopped after the first call: the questions it finished are handed over (to be saved) as they
+    # finish, the rest come back None; summarizing those afterwards gives the same summaries
+    asked, saved = [], {}
+    stopped = summarize_demonstrations_of(summarizer, demo_items, done=lambda i, d: saved.setdefault(i, d),
+                                          stop=lambda: asked.append(1) or len(asked) > 1)
+    first_call = {owner for owner in range(len(demo_items))
+                  if all(j in groups[0] for j, r in enumerate(requests) if r in requests_of(demo_items[owner]))}
+    assert {i for i, d in enumerate(stopped) if d is not None} == set(saved) == first_call and 0 < len(saved) < 5
+    assert all(stopped[i] == batched[i] for i in saved)
+    rest = [i for i, d in enumerate(stopped) if d is None]
+    assert summarize_demonstrations_of(summarizer, [demo_items[i] for i in rest]) == [batched[i] for i in rest]
 
 
 def test_summaries_of_the_students_demonstrations_come_from_the_summarizer(tmp_path):

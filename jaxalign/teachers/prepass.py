@@ -10,7 +10,7 @@ Questions are sampled and summarized ``questions_per_call`` at a time: each roun
 ``sample`` over the group's prompts, each question under its own key (so with the same results as
 one at a time), on at most ``max_rows`` decode rows where the completions queue. A 32B model then
 reads its weights once per decode step for many questions, not for one question's 20 rows. A stop
-request (preemption) is honoured between rounds of demonstrations, and between groups of summaries:
+request (preemption) is honoured between rounds of demonstrations and between summary calls:
 everything done so far is cached, unfinished demonstration searches with their progress.
 """
 
@@ -169,10 +169,13 @@ class Contexts:
             log.info("summaries by %s of %s's demonstrations for %d questions", model, pair[0], len(todo))
             for group in _groups(todo, self.settings.questions_per_call):
                 items = [(q, self._demos(pair[0], q), self.summary_key(q.qid, *pair)) for q in group]
-                done = summarize_demonstrations_of(summarizer, items, wrong=self.needs.summaries[pair])
-                for (q, demos, _), summaries in zip(items, done):
-                    self.summary_caches[pair].save(q.qid, demos, summaries)
-                if stop():
+
+                def save(i, summaries, items=items, pair=pair):  # as each question's summaries are written
+                    self.summary_caches[pair].save(items[i][0].qid, items[i][1], summaries)
+
+                found = summarize_demonstrations_of(summarizer, items, wrong=self.needs.summaries[pair], done=save,
+                                                    stop=stop)
+                if stop() or any(summaries is None for summaries in found):
                     raise Stopped(f"stopped during the summaries of {model}")
 
     # ------------------------------------------------------------------ per question

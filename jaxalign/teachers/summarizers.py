@@ -17,7 +17,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -92,19 +92,25 @@ class ModelSummarizer:
         """One summary per (question, response, key), batched (:func:`jaxalign.policy.sample_prompts`)
         in groups whose prompts hold at most ``max_prefix_slots`` KV slots (:func:`prompt_groups`):
         each the one :meth:`summarize` gives."""
+        return [text for _, texts in self.summarize_calls(requests) for text in texts]
+
+    def summarize_calls(self, requests: Sequence[tuple[Question, str, Optional[jax.Array]]]
+                        ) -> Iterator[tuple[list[int], list[str]]]:
+        """:meth:`summarize_many` one engine call at a time: yields (the requests' indices, their
+        summaries) after each call, in order, so a caller can save them and honour a stop between calls."""
         from jaxalign.policy import sample_prompts
 
         if any(key is None for _, _, key in requests):
             raise ValueError("ModelSummarizer.summarize needs a key")
         prompts = [np.asarray(self.encode(summary_request(q, response)), np.int32) for q, response, _ in requests]
         eos = set(self.policy.eos_token_ids)
-        texts = []
         for group in prompt_groups([len(p) for p in prompts], self.max_prefix_slots):
             out = sample_prompts(self.policy, [prompts[i] for i in group], 1, self.max_new_tokens, self.temperature,
                                  [requests[i][2] for i in group], self.max_rows)
-            texts += [self.decode([int(t) for t in row[:length] if int(t) not in eos])
-                      for row, length in zip(out.tokens, out.lengths)]
-        return [(final_text(text) or "").strip() for text in texts]  # a reply cut off inside its thinking: none
+            texts = [self.decode([int(t) for t in row[:length] if int(t) not in eos])
+                     for row, length in zip(out.tokens, out.lengths)]
+            # a reply cut off inside its thinking: no summary
+            yield group, [(final_text(text) or "").strip() for text in texts]
 
 
 def prompt_groups(lengths: Sequence[int], max_slots: Optional[int]) -> list[list[int]]:
@@ -162,9 +168,15 @@ def summarize_demonstrations(summarizer: Summarizer, question: Question, demos: 
 
 def summarize_demonstrations_of(summarizer: Summarizer,
                                 items: Sequence[tuple[Question, Demonstrations, Optional[jax.Array]]], *,
-                                wrong: bool = True) -> list[Demonstrations]:
+                                wrong: bool = True,
+                                done: Optional[Callable[[int, Demonstrations], None]] = None,
+                                stop: Callable[[], bool] = lambda: False) -> list[Optional[Demonstrations]]:
     """:func:`summarize_demonstrations` of several (question, demonstrations, key) items, batched where
-    the summarizer can batch (``summarize_many``: a model), else one by one."""
+    the summarizer can batch (``summarize_calls``: a model, one engine call at a time), else one by one.
+
+    ``done(i, summaries)`` is called as soon as item i's summaries are all written (to save them);
+    ``stop()`` is asked before each call, and when it is true the items not yet done come back None.
+    """
     requests, owners = [], []
     for i, (question, demos, key) in enumerate(items):
         chosen = [(text, 0, "correct") for text in demos.correct[:1]]
@@ -172,10 +184,33 @@ def summarize_demonstrations_of(summarizer: Summarizer,
         for text, index, side in chosen:
             requests.append((question, text, None if key is None else jax.random.fold_in(key, index)))
             owners.append((i, side))
-    many = getattr(summarizer, "summarize_many", None)
-    texts = many(requests) if many is not None and requests else [summarizer.summarize(*r) for r in requests]
-    done: list[dict[str, list[str]]] = [{"correct": [], "wrong": []} for _ in items]
-    for (i, side), text in zip(owners, texts):
-        done[i][side].append(text)
-    return [dataclasses.replace(demos, correct=tuple(d["correct"]), wrong=tuple(d["wrong"]))
-            for (_, demos, _), d in zip(items, done)]
+    calls = getattr(summarizer, "summarize_calls", None)
+    if calls is not None:
+        batches = calls(requests) if requests else iter(())
+    else:  # a rule: one request at a time
+        batches = (([j], [summarizer.summarize(*requests[j])]) for j in range(len(requests)))
+    written: list[dict[str, list[str]]] = [{"correct": [], "wrong": []} for _ in items]
+    left = [0] * len(items)  # requests still to summarize, per item
+    for i, _ in owners:
+        left[i] += 1
+    out: list[Optional[Demonstrations]] = [None] * len(items)
+
+    def finish(i: int) -> None:
+        out[i] = dataclasses.replace(items[i][1], correct=tuple(written[i]["correct"]),
+                                     wrong=tuple(written[i]["wrong"]))
+        if done is not None:
+            done(i, out[i])
+
+    for i in (i for i in range(len(items)) if not left[i]):  # nothing of it to summarize
+        finish(i)
+    while not stop():
+        batch = next(batches, None)
+        if batch is None:
+            break
+        for j, text in zip(*batch):
+            i, side = owners[j]
+            written[i][side].append(text)
+            left[i] -= 1
+            if not left[i]:
+                finish(i)
+    return out
