@@ -1,6 +1,6 @@
 """decode_attention=ragged against xla in the queued decoder, at the Qwen3-0.6B shape (GPU).
 
-    python bench/gpu_ragged_decode.py [--quick] [--rows 256] [--limit 4096] [--eos-every 512]
+    python bench/gpu_ragged_decode.py [--quick] [--rows 128] [--limit 2048] [--eos-every 256]
 
 Random bf16 weights at the 0.6B shape (V = 151,936). ``--eos-every`` N makes every N-th token id
 an EOS, so completion lengths are geometric with mean about N, with a long tail up to ``--limit``:
@@ -12,7 +12,9 @@ ratio, the decode tokens per second, and how many completions drew the same toke
 in another order can flip a rare near-tie; a flip changes the rest of that completion).
 
 ``--quick`` runs a tiny shape on any backend (off a GPU the kernel runs interpreted: it checks
-the script, not the speed). Needs only jax, numpy and jaxalign (no hydra/submitit).
+the script, not the speed). Needs only jax, numpy and jaxalign (no hydra/submitit). The defaults
+fit one 80 GB card: the rows' own caches hold rows x limit slots of 114,688 bytes at the 0.6B shape
+(30 GB here; 256 rows x 4,096 would be 120 GB).
 """
 
 import dataclasses
@@ -34,9 +36,9 @@ from jaxalign.models.init import init_params  # noqa: E402
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--limit", type=int, default=4096)
-    ap.add_argument("--eos-every", type=int, default=512)
+    ap.add_argument("--rows", type=int, default=128)
+    ap.add_argument("--limit", type=int, default=2048)
+    ap.add_argument("--eos-every", type=int, default=256)
     args = ap.parse_args()
     name, dtype = ("tiny", jnp.float32) if args.quick else ("qwen3-0.6b", jnp.bfloat16)
     rows, limit, eos_every = (8, 64, 16) if args.quick else (args.rows, args.limit, args.eos_every)

@@ -1,6 +1,6 @@
 """The paper's grid priced by the dry run's cost model: A100-days per run and in total.
 
-    python bench/grid_forecast.py [--calibration FILE] [--device KIND]
+    python bench/grid_forecast.py [--calibration FILE ...] [--device KIND]
 
 The grid: 2 students (Qwen3-0.6B, 1.7B) x paper8 x {BoolQ, MMLU, AIME 2025} at ``budget=paper``,
 over Table 7's screened question counts (BoolQ 458 / 463, MMLU 364 / 350 for 0.6B / 1.7B) and the
@@ -24,6 +24,7 @@ the grid, as the file names it (default: the file's only device). A GPU's file c
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,13 +50,28 @@ def floor_days(cfg, models) -> float:
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--calibration", default=str(ROOT / "tests" / "fixtures" / "calibration_cpu.json"))
+    ap.add_argument("--calibration", action="append", default=None,
+                    help="a calibration file; repeat it to merge files (e.g. one per device call)")
     ap.add_argument("--device", default=None, help="the calibrated device to price with (default: the file's only one)")
     args = ap.parse_args()
-    devices = list(json.loads(Path(args.calibration).read_text()).get("devices", {}))
+    files = args.calibration or [str(ROOT / "tests" / "fixtures" / "calibration_cpu.json")]
+    merged: dict = {}
+    for name in files:
+        if not Path(name).is_file():
+            sys.exit(f"grid_forecast: no calibration file {name}")
+        for kind, entry in json.loads(Path(name).read_text()).get("devices", {}).items():
+            mine = merged.setdefault("devices", {}).setdefault(kind, {**entry, "shapes": {}})
+            mine["shapes"].update(entry.get("shapes", {}))
+            merged.setdefault("version", json.loads(Path(name).read_text()).get("version"))
+    devices = list(merged.get("devices", {}))
     device = args.device or (devices[0] if len(devices) == 1 else None)
     if device not in devices:
-        sys.exit(f"grid_forecast: name one of the devices in {args.calibration} with --device: {devices}")
+        sys.exit(f"grid_forecast: name one of the calibrated devices with --device: {devices}")
+    if len(files) > 1:  # one file for cal.ensure, which reads (and never writes, for another device) it
+        args.calibration = str(Path(tempfile.mkdtemp()) / "merged.json")
+        Path(args.calibration).write_text(json.dumps(merged))
+    else:
+        args.calibration = files[0]
     totals, table = {}, []
     for adaptive in (False, True):
         budget = "adaptive" if adaptive else "fixed"

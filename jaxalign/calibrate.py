@@ -654,24 +654,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     named.add_argument("--teacher", action="append", default=[], help="a model that is only scored (repeatable)")
     named.add_argument("--context", action="append", default=[],
                        help="a model that writes demonstrations or summaries (decode and prefill; repeatable)")
-    named.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    named.add_argument("--dtype", default=None, choices=("bfloat16", "float32"), help="default bfloat16")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from jaxalign import cost
 
-    if args.student or args.teacher or args.context:
+    if args.student or args.teacher or args.context or args.dtype:
         if args.overrides or not args.student:
-            raise ConfigError("calibrate: name the models either by overrides or by --student (with any --teacher "
-                              "and --context), not both; --student is required with the others")
-        models = cost.RunModels(cost.model_shape(args.student, args.dtype),
-                                tuple(cost.TeacherUse(m, cost.model_shape(m, args.dtype), 0) for m in args.teacher),
-                                tuple(cost.ContextUse(cost.model_shape(m, args.dtype)) for m in args.context))
+            raise ConfigError("calibrate: name the models either by overrides or by --student (with any --teacher, "
+                              "--context and --dtype), not both; --student is required with the others")
+        dtype = args.dtype or "bfloat16"
+        models = cost.RunModels(cost.model_shape(args.student, dtype),
+                                tuple(cost.TeacherUse(m, cost.model_shape(m, dtype), 0) for m in args.teacher),
+                                tuple(cost.ContextUse(cost.model_shape(m, dtype)) for m in args.context))
     else:
         models = cost.run_models(cost.compose(args.overrides))
     calibration = ensure(models.needs(), calibration_path(args.file), force=args.force)
     rows = []
     for use in [*models.distinct(), *(c.model for c in models.context)]:
-        if use.shape.key in {r["shape"] for r in rows}:
+        if use.id in {r["model"] for r in rows}:  # the student or a teacher that is also a context model
             continue
         kernels = calibration.shapes[use.shape.key]["kernels"]
         fitted = {kind: {"efficiency": round(k["efficiency"], 4), "roofline_fraction": round(k["roofline_fraction"], 4),

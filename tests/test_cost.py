@@ -394,8 +394,10 @@ def test_calibrate_command_takes_models_by_id_without_hydra(tmp_path):
     gets the kernels of its role (a context model samples, a teacher is only scored)."""
     student, teacher = toy_shape(), dataclasses.replace(toy_shape(), layers=3)
     path = tmp_path / "cal.json"
+    shapes = synthetic([student, teacher]).shapes
+    del shapes[teacher.key]["kernels"]["decode"]  # a teacher is only scored: --context must ask for it
     path.write_text(json.dumps({"version": cal.VERSION, "devices": {cal.device_kind(): {
-        "device": TEST_DEVICE.to_json(), "shapes": synthetic([student, teacher]).shapes}}}))
+        "device": TEST_DEVICE.to_json(), "shapes": shapes}}}))
     code = ("import json, sys; from jaxalign.calibrate import main; "
             f"out = main(['--file', {str(path)!r}, '--student', {str(TOY)!r}, '--teacher', {str(TOY.parent / 'teacher')!r}, "
             f"'--context', {str(TOY.parent / 'teacher')!r}, '--dtype', 'float32']); "
@@ -405,7 +407,8 @@ def test_calibrate_command_takes_models_by_id_without_hydra(tmp_path):
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "IMPORTED []"
     last = json.loads(lines[-2])
-    assert last["measured_now"] == [] and [m["shape"] for m in last["models"]] == [student.key, teacher.key]
+    assert last["measured_now"] == [teacher.key] and [m["shape"] for m in last["models"]] == [student.key, teacher.key]
+    assert set(last["models"][1]) == {"model", "shape", "decode", "prefill", "project"}
     bad = subprocess.run([sys.executable, "-m", "jaxalign.calibrate", "--file", str(path), "--teacher", str(TOY),
                           "budget=smoke"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "either by overrides or by --student" in bad.stderr
