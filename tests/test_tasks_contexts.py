@@ -389,6 +389,58 @@ def test_summaries_of_the_students_demonstrations_come_from_the_summarizer(tmp_p
     assert message.count('"""\nAnswer: 2\n"""') == 2  # both demonstrations, as the summarizer wrote them
 
 
+class OraclePolicy:
+    """Answers each question right (its reference response) and summarizes as 'summary of QID',
+    recognising the question in the prompt; counts the summary prompts it saw."""
+
+    eos_token_ids = (2,)
+
+    def __init__(self, tok, questions):
+        self.tok, self.questions, self.summaries = tok, questions, 0
+
+    def sample(self, prompt, prefixes, n, max_new_tokens, temperature, key):
+        text = self.tok.decode(prompt)
+        q = next(q for q in self.questions if q.user in text)
+        summarizing = "Condense" in text
+        self.summaries += summarizing
+        reply = f"summary of {q.qid}" if summarizing else TASK.reference_response(q)
+        row = self.tok(reply, add_special_tokens=False)["input_ids"] + [2]
+        return SampleBatch(np.array([row] * n), np.array([len(row)] * n), np.zeros(n, np.int64))
+
+
+def test_a_stop_between_summary_calls_keeps_the_summaries_written(tmp_path):
+    """One summary per call (max_prefix_slots=1): stopped after the first call, that question's
+    summary is saved; the resumed pre-pass writes only the others, and the messages are an
+    uninterrupted run's."""
+    tok = build_char_tokenizer(tmp_path / "tok")
+    questions = TASK.questions(3, seed=1)
+    oracles = {}
+
+    class Pool(FakePool):
+        def generator(self, model):
+            oracles[model] = oracles.get(model) or OraclePolicy(tok, questions)
+            return Generator(oracles[model], lambda u, thinking: encode_chat(tok, u), tok.decode)
+
+    def contexts_at(root):
+        return Contexts({"SUM": _conf("SELF-SUM-1C", summarizer="big")}, "student",
+                        lambda q, text: TASK.grade(text, q.answer), root,
+                        ContextSettings(max_trials=2, batch=2, max_prefix_slots=1), lambda qid, *path: jax.random.key(0))
+
+    stopping = contexts_at(tmp_path / "stopped")
+    with pytest.raises(Stopped, match="summaries of big"):
+        stopping.prepare(questions, Pool(tok, {}), stop=lambda: "big" in oracles and oracles["big"].summaries >= 1)
+    saved = list((tmp_path / "stopped" / "summaries").rglob("*.json"))
+    assert oracles["big"].summaries == 1 and len(saved) == 1
+    oracles.clear()
+    stopping.prepare(questions, Pool(tok, {}))
+    assert oracles["big"].summaries == 2  # the other two questions only
+    oracles.clear()
+    whole = contexts_at(tmp_path / "whole")
+    whole.prepare(questions, Pool(tok, {}))
+    assert [stopping.messages(q) for q in questions] == [whole.messages(q) for q in questions]
+    assert all(f"summary of {q.qid}" in stopping.messages(q)["SUM"] for q in questions)
+
+
 def test_summary_calls_hold_at_most_max_prefix_slots_of_prompts():
     """The engine pads a call's prompts to the longest one's power-of-two slots (at least 128)."""
     from jaxalign.teachers.summarizers import prompt_groups
