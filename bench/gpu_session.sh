@@ -35,6 +35,10 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
+known=",gpu_decode,gpu_ragged_decode,calibrate_student,phase2_scale,calibrate_grid,calibrate_context,"
+for name in ${steps//,/ }; do
+  case "$known" in *",$name,"*) ;; *) echo "gpu_session.sh: unknown step $name (steps: ${known:1:-1})" >&2; exit 2 ;; esac
+done
 if [ $# -gt 1 ]; then
   echo "gpu_session.sh: options go before OUT_DIR (got: $*)" >&2
   exit 2

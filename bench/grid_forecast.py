@@ -59,10 +59,11 @@ def main() -> None:
     for name in files:
         if not Path(name).is_file():
             sys.exit(f"grid_forecast: no calibration file {name}")
-        for kind, entry in json.loads(Path(name).read_text()).get("devices", {}).items():
+        data = json.loads(Path(name).read_text())
+        merged.setdefault("version", data.get("version"))
+        for kind, entry in data.get("devices", {}).items():
             mine = merged.setdefault("devices", {}).setdefault(kind, {**entry, "shapes": {}})
             mine["shapes"].update(entry.get("shapes", {}))
-            merged.setdefault("version", json.loads(Path(name).read_text()).get("version"))
     devices = list(merged.get("devices", {}))
     device = args.device or (devices[0] if len(devices) == 1 else None)
     if device not in devices:

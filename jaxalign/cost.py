@@ -481,11 +481,8 @@ def _rows_scoring_work(phase: str, model: ModelUse, prompt: int, response: int, 
 
 
 def _shape_counts(compiled: Sequence[tuple[str, ModelUse, int]]) -> dict[str, int]:
-    """{"KERNEL MODEL": distinct compiled shapes}."""
-    out: dict[str, int] = {}
-    for kind, model, n in compiled:
-        out[f"{kind} {model.id}"] = out.get(f"{kind} {model.id}", 0) + n
-    return out
+    """{"KERNEL MODEL": distinct compiled shapes} (:func:`compile_work` names each kernel of a model once)."""
+    return {f"{kind} {model.id}": n for kind, model, n in compiled}
 
 
 def summaries_per_call(prompt_tokens: int, max_prefix_slots: int) -> int:

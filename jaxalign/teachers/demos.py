@@ -56,6 +56,11 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^\w.-]", "_", text)
 
 
+def _parsed(raw: dict) -> Demonstrations:
+    """A cache entry's JSON (:meth:`DemonstrationCache.save` or ``save_progress``) as Demonstrations."""
+    return Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
+
+
 class DemonstrationCache:
     """One JSON file per (source model, question): ``<root>/<source>/<qid>.json``."""
 
@@ -70,7 +75,7 @@ class DemonstrationCache:
 
     def load(self, qid: str) -> Optional[Demonstrations]:
         raw = self._raw(qid)
-        return None if raw is None else Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
+        return None if raw is None else _parsed(raw)
 
     def progress_path(self, qid: str) -> Path:
         return self.dir / (safe_name(qid) + ".partial.json")
@@ -88,9 +93,7 @@ class DemonstrationCache:
     def progress(self, qid: str, search: dict) -> Optional[Demonstrations]:
         """The unfinished search of :meth:`save_progress` if it ran with exactly ``search``; else None."""
         raw = read_cache_entry(self.progress_path(qid), ("correct", "wrong", "trials", "search"))
-        if raw is None or raw["search"] != search:
-            return None
-        return Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
+        return None if raw is None or raw["search"] != search else _parsed(raw)
 
     def answers(self, qid: str, need: DemoNeed, max_trials: int) -> Optional[Demonstrations]:
         """The cached demonstrations if they answer ``need``: enough of each, or every trial spent
@@ -98,7 +101,7 @@ class DemonstrationCache:
         raw = self._raw(qid)
         if raw is None:
             return None
-        found = Demonstrations(tuple(raw["correct"]), tuple(raw["wrong"]), int(raw["trials"]))
+        found = _parsed(raw)
         looked_for = DemoNeed(*raw.get("need", (0, 0)))
         exhausted = found.trials >= max_trials and (looked_for | need) == looked_for
         return found if need.met_by(found) or exhausted else None
