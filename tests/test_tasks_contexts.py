@@ -347,6 +347,7 @@ def test_demonstrations_and_summaries_of_many_questions_equal_one_question_at_a_
     demo_items = [(q, d, jax.random.key(10 + i)) for i, (q, d) in enumerate(zip(questions, together))]
     calls.clear()
     batched = summarize_demonstrations_of(summarizer, demo_items)
+
     def requests_of(item):
         q, d, _ = item
         return [summary_request(q, text) for text in (*d.correct[:1], *d.wrong[:1])]
